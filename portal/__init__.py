@@ -1,0 +1,55 @@
+"""The portal: a Flask app for administrators and support staff."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import Flask
+
+from portal.database import MIGRATIONS_DIR, configure_engine, engine_options, ensure_sqlite_directory
+from portal.extensions import csrf, db, login_manager, migrate
+from portal.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def create_app(settings: Settings | None = None, **overrides) -> Flask:
+    """Create the portal app from `settings` (default: the environment)."""
+    settings = settings or Settings.from_env()
+
+    app = Flask(
+        __name__,
+        template_folder=str(ROOT / "templates"),
+        static_folder="static",
+    )
+    app.config.update(
+        SETTINGS=settings,
+        SECRET_KEY=settings.secret_key(),
+        SQLALCHEMY_DATABASE_URI=settings.database_url,
+        SQLALCHEMY_ENGINE_OPTIONS=engine_options(settings.database_url),
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        REMEMBER_COOKIE_HTTPONLY=True,
+        REMEMBER_COOKIE_SAMESITE="Lax",
+        WTF_CSRF_TIME_LIMIT=None,
+    )
+    app.config.update(overrides)
+
+    ensure_sqlite_directory(settings.database_url)
+    db.init_app(app)
+    with app.app_context():
+        configure_engine(db.engine)
+    migrate.init_app(app, db, directory=str(MIGRATIONS_DIR), render_as_batch=True)
+    csrf.init_app(app)
+    login_manager.init_app(app)
+
+    from portal import auth, errors, identities, main, templating
+    from portal.cli import register_commands
+
+    app.register_blueprint(main.bp)
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(identities.bp)
+    errors.register(app)
+    templating.register(app)
+    register_commands(app)
+    return app

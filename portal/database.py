@@ -1,0 +1,79 @@
+"""Engine set-up and the schema revision check shared by both processes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+# Milliseconds a SQLite writer waits for another process's lock before failing.
+SQLITE_BUSY_TIMEOUT_MS = 15000
+
+
+class SchemaNotCurrent(RuntimeError):
+    """The database is not at the latest migration revision."""
+
+
+def engine_options(url: str) -> dict:
+    """Return `create_engine` keyword arguments suited to the database in `url`."""
+    if make_url(url).get_backend_name() == "sqlite":
+        return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}}
+    return {"pool_pre_ping": True}
+
+
+def configure_engine(engine: Engine) -> Engine:
+    """Put SQLite connections in WAL mode, so the portal and dicomd can write at once."""
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_on_connect)
+    return engine
+
+
+def make_engine(url: str) -> Engine:
+    ensure_sqlite_directory(url)
+    return configure_engine(create_engine(url, **engine_options(url)))
+
+
+def ensure_sqlite_directory(url: str) -> None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _sqlite_on_connect(dbapi_connection, connection_record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    # In WAL mode NORMAL still survives a process crash; instance files are
+    # fsynced on their own before a C-STORE is answered.
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def head_revision() -> str:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return ScriptDirectory.from_config(config).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def check_schema_current(engine: Engine) -> None:
+    """Raise SchemaNotCurrent unless the database is at the latest revision."""
+    current = current_revision(engine)
+    head = head_revision()
+    if current != head:
+        found = current or "an empty database"
+        raise SchemaNotCurrent(
+            f"the database at {engine.url.render_as_string(hide_password=True)} is at {found}, "
+            f"not at the latest revision {head}: run `portal db upgrade` to upgrade it"
+        )

@@ -1,0 +1,20 @@
+from flask_wtf import FlaskForm
+from wtforms import HiddenField, StringField
+from wtforms.validators import AnyOf
+
+
+class IdentityForm(FlaskForm):
+    # Length and content rules live in the identity service, shared with the CLI.
+    name = StringField("Name")
+    ae_title = StringField("AE Title")
+
+
+class EnabledForm(FlaskForm):
+    """The enable and disable toggle; `fragment` names the markup to send back to htmx."""
+
+    enabled = HiddenField(validators=[AnyOf(["true", "false"], message="must be true or false")])
+    fragment = HiddenField(validators=[AnyOf(["row", "status", ""], message="unknown fragment")])
+
+
+class DeleteForm(FlaskForm):
+    pass

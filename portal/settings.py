@@ -1,0 +1,118 @@
+"""Settings read from the environment, shared by the portal and dicomd."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from portal.aetitle import InvalidAETitle, normalize_ae_title
+
+
+class SettingsError(Exception):
+    """An environment variable has a value the product cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Configuration of one installation, resolved from environment variables."""
+
+    data_dir: Path
+    database_url: str
+    portal_host: str
+    portal_port: int
+    dicom_ae_title: str
+    dicom_host: str
+    dicom_port: int
+    dicom_tls_port: int
+    dicom_tls_cert: Path | None
+    dicom_tls_key: Path | None
+    dicom_tls_client_ca: Path | None
+    storage_dir: Path
+    dicomd_workers: int
+    secret_key_value: str | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build the settings from `environ` (default: the process environment)."""
+        env = os.environ if environ is None else environ
+        data_dir = Path(env.get("DATA_DIR") or "./instance").expanduser().absolute()
+
+        return cls(
+            data_dir=data_dir,
+            database_url=env.get("DATABASE_URL") or f"sqlite:///{data_dir / 'portal.db'}",
+            portal_host=env.get("PORTAL_HOST") or "127.0.0.1",
+            portal_port=_port(env, "PORTAL_PORT", 8000),
+            dicom_ae_title=_ae_title(env, "DICOM_AE_TITLE", "PACS"),
+            dicom_host=env.get("DICOM_HOST") or "0.0.0.0",
+            dicom_port=_port(env, "DICOM_PORT", 11112),
+            dicom_tls_port=_port(env, "DICOM_TLS_PORT", 2762),
+            dicom_tls_cert=_optional_path(env, "DICOM_TLS_CERT"),
+            dicom_tls_key=_optional_path(env, "DICOM_TLS_KEY"),
+            dicom_tls_client_ca=_optional_path(env, "DICOM_TLS_CLIENT_CA"),
+            storage_dir=_optional_path(env, "DICOM_STORAGE_DIR") or data_dir / "storage",
+            dicomd_workers=_positive_int(env, "DICOMD_WORKERS", os.cpu_count() or 1),
+            secret_key_value=env.get("SECRET_KEY") or None,
+        )
+
+    def secret_key(self) -> str:
+        """Return SECRET_KEY, or the key generated once into `$DATA_DIR/secret_key`."""
+        if self.secret_key_value:
+            return self.secret_key_value
+
+        path = self.data_dir / "secret_key"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            # O_EXCL: when two processes start together, one creates the key and
+            # the other reads it.
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                pass
+            else:
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(secrets.token_hex(32))
+        return path.read_text().strip()
+
+
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a port number: use a whole number from 1 to 65535") from None
+    if not 1 <= value <= 65535:
+        raise SettingsError(f"{name}={raw!r} is out of range: use a port number from 1 to 65535")
+    return value
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a whole number: use 1 or more") from None
+    if value < 1:
+        raise SettingsError(f"{name}={raw!r} is invalid: use 1 or more")
+    return value
+
+
+def _ae_title(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return normalize_ae_title(raw)
+    except InvalidAETitle as error:
+        raise SettingsError(f"{name}={raw!r} is not a valid AE title: {error}") from None
+
+
+def _optional_path(env: Mapping[str, str], name: str) -> Path | None:
+    raw = env.get(name)
+    return Path(raw).expanduser().absolute() if raw else None
