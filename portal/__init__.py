@@ -42,6 +42,9 @@ def create_app(settings: Settings | None = None, **overrides) -> Flask:
     migrate.init_app(app, db, directory=str(MIGRATIONS_DIR), render_as_batch=True)
     csrf.init_app(app)
     login_manager.init_app(app)
+    login_manager.login_view = "auth.login"
+    login_manager.login_message = "Sign in to open this page."
+    login_manager.login_message_category = "info"
 
     from portal import auth, errors, identities, main, templating
     from portal.cli import register_commands

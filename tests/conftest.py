@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
+from pathlib import Path
 
 import pytest
 from flask_migrate import upgrade
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from portal import create_app
@@ -43,15 +46,31 @@ def settings(environ) -> Settings:
     return Settings.from_env(environ)
 
 
-@pytest.fixture
-def app(settings):
-    """The portal app on a database upgraded to the latest revision."""
-    app = create_app(settings, TESTING=True, WTF_CSRF_ENABLED=False)
+@pytest.fixture(scope="session")
+def template_database(tmp_path_factory) -> Path:
+    """A SQLite file upgraded once per run, with one user per default role.
+
+    Upgrading and hashing passwords for every test would dominate the run time,
+    so each test gets a copy of this file.
+    """
+    data_dir = tmp_path_factory.mktemp("template")
+    app = create_app(Settings.from_env({"DATA_DIR": str(data_dir)}), TESTING=True)
     with app.app_context():
         upgrade()
         for username, role in (("admin", "Administrator"), ("support", "Support"), ("clinician", "Clinician")):
             create_user(flask_db.session, username, role, PASSWORD)
         flask_db.session.commit()
+        flask_db.session.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
+        flask_db.engine.dispose()
+    return data_dir / "portal.db"
+
+
+@pytest.fixture
+def app(settings, template_database):
+    """The portal app on a database at the latest revision, with users admin, support and clinician."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template_database, settings.data_dir / "portal.db")
+    app = create_app(settings, TESTING=True, WTF_CSRF_ENABLED=False)
     yield app
     with app.app_context():
         flask_db.engine.dispose()

@@ -1,6 +1,6 @@
 from flask_wtf import FlaskForm
 from wtforms import HiddenField, StringField
-from wtforms.validators import AnyOf
+from wtforms.validators import AnyOf, Optional
 
 
 class IdentityForm(FlaskForm):
@@ -13,7 +13,7 @@ class EnabledForm(FlaskForm):
     """The enable and disable toggle; `fragment` names the markup to send back to htmx."""
 
     enabled = HiddenField(validators=[AnyOf(["true", "false"], message="must be true or false")])
-    fragment = HiddenField(validators=[AnyOf(["row", "status", ""], message="unknown fragment")])
+    fragment = HiddenField(validators=[Optional(), AnyOf(["row", "status"], message="unknown fragment")])
 
 
 class DeleteForm(FlaskForm):

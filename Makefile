@@ -1,0 +1,25 @@
+# The two set-up commands: `make run` and `make test`. Both install first if needed.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install run test clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+run: install
+	$(BIN)/python -m portal.launcher
+
+test: install
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+# TODO: `make bench`, the ingest benchmark against DCMTK storescp, is not written yet.
+
+clean:
+	rm -rf $(VENV) build *.egg-info
