@@ -1,13 +1,9 @@
 """Error pages. A failed request rolls the database session back."""
 
-import logging
-
 from flask import Flask, render_template
 from flask_wtf.csrf import CSRFError
 
 from portal.extensions import db
-
-log = logging.getLogger(__name__)
 
 
 def register(app: Flask) -> None:

@@ -39,7 +39,7 @@ def authenticate(session: Session, username: str, password: str) -> User | None:
 
 
 def create_user(session: Session, username: str, role_name: str, password: str) -> User:
-    """Validate and add a user; the caller commits."""
+    """Validate and add a user. The caller commits."""
     if not USERNAME_PATTERN.match(username):
         raise UserError(
             f"invalid username {username!r}: use 1 to 64 letters, digits, '.', '_', '@' or '-'"

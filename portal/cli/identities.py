@@ -197,7 +197,7 @@ def disable(ae_title: str):
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @with_appcontext
 def delete(ae_title: str, yes: bool):
-    """Delete the identity with AE_TITLE; its association log stays."""
+    """Delete the identity with AE_TITLE. Its association log stays."""
     target = _get(ae_title)
     if not yes:
         click.confirm(f"Delete identity {target.name} ({target.ae_title})?", abort=True)

@@ -19,7 +19,7 @@ def user():
 @click.option("--password-stdin", is_flag=True, help="Read the password from the first line of standard input.")
 @with_appcontext
 def create(name: str, role: str, password_stdin: bool):
-    """Create user NAME with ROLE; prompts for the password unless --password-stdin."""
+    """Create user NAME with ROLE, prompting for the password unless --password-stdin."""
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:

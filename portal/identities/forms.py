@@ -10,7 +10,7 @@ class IdentityForm(FlaskForm):
 
 
 class EnabledForm(FlaskForm):
-    """The enable and disable toggle; `fragment` names the markup to send back to htmx."""
+    """The enable and disable toggle. `fragment` names the markup that htmx gets back."""
 
     enabled = HiddenField(validators=[AnyOf(["true", "false"], message="must be true or false")])
     fragment = HiddenField(validators=[Optional(), AnyOf(["row", "status"], message="unknown fragment")])

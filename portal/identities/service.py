@@ -46,7 +46,7 @@ def find_by_ae_title(session: Session, ae_title: str) -> DicomIdentity | None:
 
 
 def create_identity(session: Session, *, name: str, ae_title: str, **settings) -> DicomIdentity:
-    """Validate and add a new identity; the caller commits."""
+    """Validate and add a new identity. The caller commits."""
     values = _validate(session, {"name": name, "ae_title": ae_title, **settings}, existing=None)
     values.setdefault("permitted", list(DEFAULT_OPERATIONS))
     identity = DicomIdentity(**values)
@@ -56,7 +56,7 @@ def create_identity(session: Session, *, name: str, ae_title: str, **settings) -
 
 
 def update_identity(session: Session, identity: DicomIdentity, **changes) -> DicomIdentity:
-    """Validate `changes` and apply them to `identity`; the caller commits."""
+    """Validate `changes` and apply them to `identity`. The caller commits."""
     values = _validate(session, changes, existing=identity)
     for field, value in values.items():
         setattr(identity, field, value)
