@@ -7,7 +7,7 @@ from pathlib import Path
 from flask import Flask
 
 from portal.database import MIGRATIONS_DIR, configure_engine, engine_options, ensure_sqlite_directory
-from portal.extensions import csrf, db, login_manager, migrate
+from portal.extensions import csrf, db, limiter, login_manager, migrate
 from portal.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,6 +32,8 @@ def create_app(settings: Settings | None = None, **overrides) -> Flask:
         REMEMBER_COOKIE_HTTPONLY=True,
         REMEMBER_COOKIE_SAMESITE="Lax",
         WTF_CSRF_TIME_LIMIT=None,
+        RATELIMIT_STORAGE_URI=settings.ratelimit_storage_uri,
+        RATELIMIT_HEADERS_ENABLED=False,
     )
     app.config.update(overrides)
 
@@ -41,18 +43,23 @@ def create_app(settings: Settings | None = None, **overrides) -> Flask:
         configure_engine(db.engine)
     migrate.init_app(app, db, directory=str(MIGRATIONS_DIR), render_as_batch=True)
     csrf.init_app(app)
+    limiter.init_app(app)
     login_manager.init_app(app)
     login_manager.login_view = "auth.login"
     login_manager.login_message = "Sign in to open this page."
     login_manager.login_message_category = "info"
 
-    from portal import auth, errors, identities, main, templating
+    from portal import accounts, audit, auth, errors, identities, main, security, templating, usage
     from portal.cli import register_commands
 
     app.register_blueprint(main.bp)
     app.register_blueprint(auth.bp)
     app.register_blueprint(identities.bp)
+    app.register_blueprint(accounts.bp)
+    app.register_blueprint(audit.bp)
+    app.register_blueprint(usage.bp)
     errors.register(app)
+    security.register(app, settings.session_idle_minutes)
     templating.register(app)
     register_commands(app)
     return app

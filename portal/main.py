@@ -15,6 +15,8 @@ bp = Blueprint("main", __name__)
 def index():
     if current_user.can(Permission.INTEGRATIONS_MANAGE):
         return redirect(url_for("identities.index"))
+    if current_user.can(Permission.USAGE_VIEW):
+        return redirect(url_for("usage.index"))
     return render_template("index.html")
 
 

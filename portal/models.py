@@ -7,6 +7,7 @@ Plain SQLAlchemy 2.0 declarative mapping: dicomd uses it with an ordinary
 from __future__ import annotations
 
 import enum
+import secrets
 from datetime import datetime, timezone
 
 from sqlalchemy import (
@@ -27,6 +28,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def new_session_token() -> str:
+    return secrets.token_hex(16)
 
 
 class UTCDateTime(TypeDecorator):
@@ -109,6 +114,9 @@ class User(Base):
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Part of the session cookie's user id. A new token on password change or
+    # disable signs the user out of every other session.
+    session_token: Mapped[str] = mapped_column(String(32), default=new_session_token)
 
     role: Mapped[Role] = relationship(back_populates="users", lazy="joined")
 
@@ -124,7 +132,7 @@ class User(Base):
         return self.enabled
 
     def get_id(self) -> str:
-        return str(self.id)
+        return f"{self.id}:{self.session_token}"
 
 
 class DicomIdentity(Base):

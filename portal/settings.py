@@ -32,6 +32,8 @@ class Settings:
     dicom_tls_client_ca: Path | None
     storage_dir: Path
     dicomd_workers: int
+    session_idle_minutes: int = 30
+    ratelimit_storage_uri: str = "memory://"
     secret_key_value: str | None = None
 
     @classmethod
@@ -54,6 +56,8 @@ class Settings:
             dicom_tls_client_ca=_optional_path(env, "DICOM_TLS_CLIENT_CA"),
             storage_dir=_optional_path(env, "DICOM_STORAGE_DIR") or data_dir / "storage",
             dicomd_workers=_positive_int(env, "DICOMD_WORKERS", os.cpu_count() or 1),
+            session_idle_minutes=_positive_int(env, "PORTAL_SESSION_IDLE_MINUTES", 30),
+            ratelimit_storage_uri=env.get("PORTAL_RATELIMIT_STORAGE_URI") or "memory://",
             secret_key_value=env.get("SECRET_KEY") or None,
         )
 

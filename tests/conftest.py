@@ -82,6 +82,12 @@ def client(app):
 
 
 @pytest.fixture
+def client_factory(app):
+    """Make further clients of the same app, each with its own cookies."""
+    return app.test_client
+
+
+@pytest.fixture
 def runner(app):
     return app.test_cli_runner()
 

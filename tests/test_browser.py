@@ -90,3 +90,67 @@ def test_admin_creates_and_disables_identity(page, portal_url):
     page.wait_for_selector("tr[data-ae-title='Room1_EPIQ7'] .badge.status-disabled")
     assert row.locator("button").inner_text().strip() == "Enable"
     assert page.evaluate("window.notReloaded") is True
+
+
+def sign_in(page, portal_url, username, password=PASSWORD):
+    page.goto(f"{portal_url}/login")
+    page.fill("#username", username)
+    page.fill("#password", password)
+    page.click("button[type=submit]")
+
+
+def test_admin_manages_users_and_roles(page, portal_url):
+    console_errors = []
+    page.on("console", lambda message: console_errors.append(message.text) if message.type == "error" else None)
+    sign_in(page, portal_url, "admin")
+
+    page.click("nav >> text=Users")
+    page.click("text=Create user")
+    page.fill("#username", "tech.lee")
+    page.select_option("#role", "Clinician")
+    page.fill("#password", "tech-lee-password")
+    page.fill("#confirm", "tech-lee-password")
+    page.click("button:has-text('Create')")
+    page.wait_for_selector("h1:has-text('tech.lee')")
+
+    page.select_option("#role", "Support")
+    page.click("button:has-text('Save role')")
+    assert page.locator(".flash-success").inner_text() == "Saved the changes to tech.lee."
+
+    page.click("nav >> text=Roles")
+    page.evaluate("window.notReloaded = true")
+    page.click("button[aria-label='Grant integrations.manage to Support']")
+    page.wait_for_selector("button[aria-label='Revoke integrations.manage from Support']")
+    assert page.evaluate("window.notReloaded") is True
+
+    page.click("button[aria-label='Revoke users.manage from Administrator']")
+    page.wait_for_selector("tr[data-role='Administrator'] .error")
+    assert "no enabled user would be left" in page.locator("tr[data-role='Administrator'] .error").inner_text()
+
+    page.click("nav >> text=Audit trail")
+    assert page.locator("#audit").get_by_text("role.permissions").count() == 1
+    assert console_errors == []
+
+
+def test_support_sees_usage_without_change_controls(page, portal_url, runner):
+    runner.invoke(args=["identity", "create", "--name", "Echo Room 1", "--ae-title", "ECHO1"])
+    sign_in(page, portal_url, "support")
+    assert page.url == f"{portal_url}/usage"
+    assert page.locator("nav").get_by_text("DICOM identities").count() == 0
+
+    page.click("text=Echo Room 1")
+    assert page.locator("h1").inner_text().startswith("Usage of Echo Room 1")
+    assert page.locator("main button").count() == 0
+    assert page.locator("main form").count() == 0
+
+
+def test_clinician_gets_explanatory_page(page, portal_url):
+    sign_in(page, portal_url, "clinician")
+    assert page.locator("nav").get_by_text("DICOM identities").count() == 0
+    assert page.locator("nav").get_by_text("Device usage").count() == 0
+
+    response = page.goto(f"{portal_url}/settings/devices/dicom")
+    assert response.status == 403
+    text = page.locator("main").inner_text()
+    assert "needs the integrations.manage permission" in text
+    assert "can grant it: admin" in text

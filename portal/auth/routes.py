@@ -1,3 +1,4 @@
+import secrets
 from urllib.parse import urlsplit
 
 from flask import flash, redirect, render_template, request, url_for
@@ -6,14 +7,21 @@ from flask_login import current_user, login_required, login_user, logout_user
 from portal import audit
 from portal.auth import bp
 from portal.auth.forms import LoginForm
-from portal.extensions import db, login_manager
+from portal.extensions import db, limiter, login_manager
 from portal.models import User, utcnow
 from portal.users import authenticate
 
 
 @login_manager.user_loader
-def load_user(user_id: str) -> User | None:
-    return db.session.get(User, int(user_id)) if user_id.isdigit() else None
+def load_user(session_user_id: str) -> User | None:
+    """Return the user whose id and session token are in the session cookie."""
+    user_id, _, token = session_user_id.partition(":")
+    if not user_id.isdigit() or not token:
+        return None
+    user = db.session.get(User, int(user_id))
+    if user is None or not secrets.compare_digest(user.session_token, token):
+        return None
+    return user
 
 
 def safe_next(target: str | None) -> str:
@@ -26,7 +34,22 @@ def safe_next(target: str | None) -> str:
     return target
 
 
+# Failed sign-ins allowed per window before further attempts get HTTP 429.
+LOGIN_LIMIT_PER_ACCOUNT = "10 per 15 minutes"
+LOGIN_LIMIT_PER_ADDRESS = "30 per 15 minutes"
+
+
+def login_failed(response) -> bool:
+    return response.status_code == 401
+
+
+def login_account_key() -> str:
+    return "account:" + (request.form.get("username") or "").strip().lower()
+
+
 @bp.route("/login", methods=["GET", "POST"])
+@limiter.limit(LOGIN_LIMIT_PER_ADDRESS, methods=["POST"], deduct_when=login_failed)
+@limiter.limit(LOGIN_LIMIT_PER_ACCOUNT, methods=["POST"], deduct_when=login_failed, key_func=login_account_key)
 def login():
     if current_user.is_authenticated:
         return redirect(safe_next(request.args.get("next")))

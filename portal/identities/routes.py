@@ -10,7 +10,7 @@ from portal.htmx import is_htmx_request, vary_on_htmx
 from portal.identities import bp
 from portal.identities.forms import DeleteForm, EnabledForm, IdentityForm
 from portal.identities.service import IdentityValidationError, create_identity
-from portal.models import Association, DicomIdentity, Permission
+from portal.models import DicomIdentity, Permission
 from portal.permissions import permission_required
 
 log = logging.getLogger(__name__)
@@ -114,19 +114,6 @@ def delete(identity_id: int):
 
     flash(f"Deleted DICOM identity {name}.", "success")
     return redirect(url_for("identities.index"))
-
-
-@bp.get("/<int:identity_id>/usage")
-@permission_required(Permission.USAGE_VIEW)
-def usage(identity_id: int):
-    identity = get_identity_or_404(identity_id)
-    recent = db.session.scalars(
-        select(Association)
-        .where(Association.identity_id == identity.id)
-        .order_by(Association.started_at.desc(), Association.id.desc())
-        .limit(50)
-    ).all()
-    return render_template("identities/usage.html", identity=identity, associations=recent)
 
 
 def current_settings():

@@ -1,12 +1,14 @@
-"""The audit trail of administrative actions."""
+"""The audit trail of administrative actions, and its page."""
 
 from __future__ import annotations
 
-from flask import has_request_context, request
+from flask import Blueprint, has_request_context, request
 from flask_login import current_user
 
 from portal.extensions import db
 from portal.models import AuditEvent
+
+bp = Blueprint("audit", __name__)
 
 
 def record(action: str, target_type: str, target: str, *, before: dict | None = None,
@@ -31,3 +33,6 @@ def _current_actor() -> str:
     if has_request_context() and current_user.is_authenticated:
         return current_user.username
     return "cli"
+
+
+from portal.audit import routes  # noqa: E402,F401  (registers the views on bp)
