@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test clean
+.PHONY: install run test bench clean
 
 install: $(VENV)/.installed
 
@@ -19,7 +19,8 @@ run: install
 test: install
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-# TODO: `make bench`, the ingest benchmark against DCMTK storescp, is not written yet.
+bench: install
+	$(BIN)/python -m benchmarks $(BENCHMARKS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -5,12 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from flask import Flask
+from werkzeug.routing import IntegerConverter
 
-from portal.database import MIGRATIONS_DIR, configure_engine, engine_options, ensure_sqlite_directory
+from portal.database import MAX_ROW_ID, MIGRATIONS_DIR, configure_engine, engine_options, ensure_sqlite_directory
 from portal.extensions import csrf, db, limiter, login_manager, migrate
 from portal.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+class RowIdConverter(IntegerConverter):
+    """A row id in a URL. Larger numbers do not match, so they get 404 rather than a database error."""
+
+    def __init__(self, url_map, **kwargs):
+        super().__init__(url_map, min=1, max=MAX_ROW_ID)
 
 
 def create_app(settings: Settings | None = None, **overrides) -> Flask:
@@ -36,6 +44,7 @@ def create_app(settings: Settings | None = None, **overrides) -> Flask:
         RATELIMIT_HEADERS_ENABLED=False,
     )
     app.config.update(overrides)
+    app.url_map.converters["id"] = RowIdConverter
 
     ensure_sqlite_directory(settings.database_url)
     db.init_app(app)
@@ -49,7 +58,7 @@ def create_app(settings: Settings | None = None, **overrides) -> Flask:
     login_manager.login_message = "Sign in to open this page."
     login_manager.login_message_category = "info"
 
-    from portal import accounts, audit, auth, errors, identities, main, security, templating, usage
+    from portal import accounts, api, audit, auth, errors, identities, main, profile, security, templating, usage
     from portal.cli import register_commands
 
     app.register_blueprint(main.bp)
@@ -58,6 +67,8 @@ def create_app(settings: Settings | None = None, **overrides) -> Flask:
     app.register_blueprint(accounts.bp)
     app.register_blueprint(audit.bp)
     app.register_blueprint(usage.bp)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(profile.bp)
     errors.register(app)
     security.register(app, settings.session_idle_minutes)
     templating.register(app)

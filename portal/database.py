@@ -12,6 +12,9 @@ from sqlalchemy.engine import make_url
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
+# Integer primary keys are signed 32-bit in PostgreSQL, so no row id is larger.
+MAX_ROW_ID = 2**31 - 1
+
 # Milliseconds a SQLite writer waits for another process's lock before failing.
 SQLITE_BUSY_TIMEOUT_MS = 15000
 

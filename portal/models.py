@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import enum
 import secrets
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -22,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -150,8 +152,17 @@ class DicomIdentity(Base):
     allow_anonymous_tls: Mapped[bool] = mapped_column(Boolean, default=False)
     require_tls: Mapped[bool] = mapped_column(Boolean, default=False)
     permitted: Mapped[list[str]] = mapped_column(JSON, default=lambda: list(DEFAULT_OPERATIONS))
+    # Source networks the device may connect from, as CIDR strings; empty means any address.
+    allowed_networks: Mapped[list[str]] = mapped_column(JSON, default=list)
     retrieve_host: Mapped[str | None] = mapped_column(String(255))
     retrieve_port: Mapped[int | None] = mapped_column(Integer)
+    # The client certificate bound to this identity: when set, TLS associations
+    # with this AE title are accepted only with this certificate.
+    client_certificate_pem: Mapped[str | None] = mapped_column(Text)
+    # SHA-256 of the certificate's DER encoding, in lower-case hex.
+    client_certificate_fingerprint: Mapped[str | None] = mapped_column(String(64), unique=True)
+    client_certificate_subject: Mapped[str | None] = mapped_column(String(512))
+    client_certificate_not_after: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -186,6 +197,7 @@ class DicomIdentity(Base):
             "allow_anonymous_tls": self.allow_anonymous_tls,
             "require_tls": self.require_tls,
             "permitted": [op.value for op in Operation if op.value in self.permitted],
+            "allowed_networks": list(self.allowed_networks or []),
             "retrieve_host": self.retrieve_host,
             "retrieve_port": self.retrieve_port,
             "created_at": self.created_at.isoformat() if self.created_at else None,
@@ -208,7 +220,11 @@ class Association(Base):
     __tablename__ = "associations"
     __table_args__ = (
         Index("ix_associations_identity_started", "identity_id", "started_at"),
+        # Newest-first pages of one identity's log walk this index.
+        Index("ix_associations_identity_id", "identity_id", "id"),
         Index("ix_associations_started", "started_at"),
+        # Unrecognised devices: recent rejections of one reason.
+        Index("ix_associations_reason_started", "reason", "started_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -227,11 +243,61 @@ class Association(Base):
     outcome: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(String(64))
     detail: Mapped[str | None] = mapped_column(Text)
+    # TLS associations only: the negotiated version and cipher suite, and the
+    # client certificate's subject ("anonymous" without one) and SHA-256 fingerprint.
+    tls_version: Mapped[str | None] = mapped_column(String(16))
+    tls_cipher: Mapped[str | None] = mapped_column(String(64))
+    client_certificate_subject: Mapped[str | None] = mapped_column(String(512))
+    client_certificate_fingerprint: Mapped[str | None] = mapped_column(String(64))
     operations: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
     instances_received: Mapped[int] = mapped_column(Integer, default=0)
     bytes_received: Mapped[int] = mapped_column(BigInteger, default=0)
 
     identity: Mapped[DicomIdentity | None] = relationship()
+
+
+class UsageDay(Base):
+    """One identity's usage on one UTC day.
+
+    dicomd adds to these rows as it works, so usage periods, charts and
+    all-time totals stay right after old association rows are pruned.
+    """
+
+    __tablename__ = "usage_days"
+    __table_args__ = (UniqueConstraint("identity_id", "day"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    identity_id: Mapped[int] = mapped_column(ForeignKey("dicom_identities.id", ondelete="CASCADE"))
+    day: Mapped[date] = mapped_column(Date)
+    associations_accepted: Mapped[int] = mapped_column(Integer, default=0)
+    associations_rejected: Mapped[int] = mapped_column(Integer, default=0)
+    echo_requests: Mapped[int] = mapped_column(Integer, default=0)
+    store_requests: Mapped[int] = mapped_column(Integer, default=0)
+    find_requests: Mapped[int] = mapped_column(Integer, default=0)
+    move_requests: Mapped[int] = mapped_column(Integer, default=0)
+    get_requests: Mapped[int] = mapped_column(Integer, default=0)
+    commit_requests: Mapped[int] = mapped_column(Integer, default=0)
+    instances_received: Mapped[int] = mapped_column(Integer, default=0)
+    bytes_received: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class ListenerHeartbeat(Base):
+    """The last heartbeat of one dicomd listener, so the portal can show what is up."""
+
+    __tablename__ = "listener_heartbeats"
+    __table_args__ = (UniqueConstraint("node", "transport", "port"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    node: Mapped[str] = mapped_column(String(255))
+    host: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int] = mapped_column(Integer)
+    transport: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16))
+    version: Mapped[str] = mapped_column(String(32))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    detail: Mapped[str | None] = mapped_column(Text)
 
 
 class Study(Base):
@@ -295,3 +361,29 @@ class AuditEvent(Base):
     target: Mapped[str] = mapped_column(String(128))
     before: Mapped[dict | None] = mapped_column(JSON)
     after: Mapped[dict | None] = mapped_column(JSON)
+
+
+class ApiToken(Base):
+    """A bearer token for the JSON API. It acts with its owner's role.
+
+    Only the SHA-256 digest of the token is stored: the token itself is shown
+    once, when it is created.
+    """
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # The first characters of the token, so that a user can tell tokens apart.
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    user: Mapped[User] = relationship(lazy="joined")
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None

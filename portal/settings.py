@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,9 @@ class Settings:
     dicom_tls_client_ca: Path | None
     storage_dir: Path
     dicomd_workers: int
+    dicom_tls_min_version: str = "1.2"
+    dicom_tls_handshake_timeout: float = 10.0
+    node_name: str = "dicomd"
     session_idle_minutes: int = 30
     ratelimit_storage_uri: str = "memory://"
     secret_key_value: str | None = None
@@ -41,6 +45,10 @@ class Settings:
         """Build the settings from `environ` (default: the process environment)."""
         env = os.environ if environ is None else environ
         data_dir = Path(env.get("DATA_DIR") or "./instance").expanduser().absolute()
+        if bool(env.get("DICOM_TLS_CERT")) != bool(env.get("DICOM_TLS_KEY")):
+            raise SettingsError(
+                "DICOM_TLS_CERT and DICOM_TLS_KEY go together: set both, or neither to use the generated pair"
+            )
 
         return cls(
             data_dir=data_dir,
@@ -56,6 +64,9 @@ class Settings:
             dicom_tls_client_ca=_optional_path(env, "DICOM_TLS_CLIENT_CA"),
             storage_dir=_optional_path(env, "DICOM_STORAGE_DIR") or data_dir / "storage",
             dicomd_workers=_positive_int(env, "DICOMD_WORKERS", os.cpu_count() or 1),
+            dicom_tls_min_version=_tls_version(env, "DICOM_TLS_MIN_VERSION", "1.2"),
+            dicom_tls_handshake_timeout=_seconds(env, "DICOM_TLS_HANDSHAKE_TIMEOUT", 10.0),
+            node_name=_node_name(env),
             session_idle_minutes=_positive_int(env, "PORTAL_SESSION_IDLE_MINUTES", 30),
             ratelimit_storage_uri=env.get("PORTAL_RATELIMIT_STORAGE_URI") or "memory://",
             secret_key_value=env.get("SECRET_KEY") or None,
@@ -107,6 +118,35 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+# TLS versions that DICOM_TLS_MIN_VERSION accepts. Older versions are not
+# offered, because BCP 195 (RFC 9325) forbids TLS 1.0 and 1.1.
+TLS_VERSIONS = ("1.2", "1.3")
+MAX_HANDSHAKE_TIMEOUT_SECONDS = 300
+
+
+def _tls_version(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    version = raw.removeprefix("TLSv").removeprefix("TLS").strip()
+    if version not in TLS_VERSIONS:
+        raise SettingsError(f"{name}={raw!r} is not a supported TLS version: use {' or '.join(TLS_VERSIONS)}")
+    return version
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number of seconds: use a number such as 10") from None
+    if not 0 < value <= MAX_HANDSHAKE_TIMEOUT_SECONDS:
+        raise SettingsError(f"{name}={raw!r} is out of range: use more than 0 and at most {MAX_HANDSHAKE_TIMEOUT_SECONDS} seconds")
+    return value
+
+
 def _ae_title(env: Mapping[str, str], name: str, default: str) -> str:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -115,6 +155,15 @@ def _ae_title(env: Mapping[str, str], name: str, default: str) -> str:
         return normalize_ae_title(raw)
     except InvalidAETitle as error:
         raise SettingsError(f"{name}={raw!r} is not a valid AE title: {error}") from None
+
+
+def _node_name(env: Mapping[str, str]) -> str:
+    raw = (env.get("DICOMD_NODE_NAME") or "").strip()
+    if not raw:
+        return socket.gethostname()
+    if len(raw) > 255 or any(not character.isprintable() for character in raw):
+        raise SettingsError(f"DICOMD_NODE_NAME={raw!r} is invalid: use at most 255 printable characters")
+    return raw
 
 
 def _optional_path(env: Mapping[str, str], name: str) -> Path | None:

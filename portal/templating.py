@@ -8,6 +8,7 @@ from flask import Flask
 from flask_login import current_user
 
 from portal.models import Permission
+from portal.networks import peer_ip
 
 
 def register(app: Flask) -> None:
@@ -16,6 +17,7 @@ def register(app: Flask) -> None:
     app.jinja_env.filters["timestamp"] = format_timestamp
     app.jinja_env.filters["relative"] = format_relative
     app.jinja_env.filters["bytes"] = format_bytes
+    app.jinja_env.filters["peer_network"] = peer_network
 
 
 def _can(permission: Permission) -> bool:
@@ -50,3 +52,9 @@ def format_bytes(value: int | None) -> str:
             return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} TiB"
+
+
+def peer_network(address: str) -> str | None:
+    """Return a peer address as a single-address network, such as '10.1.4.23/32'."""
+    ip = peer_ip(address)
+    return f"{ip}/{ip.max_prefixlen}" if ip is not None else None

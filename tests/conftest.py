@@ -1,24 +1,21 @@
-"""Fixtures shared by every test: a temporary DATA_DIR with an upgraded SQLite database."""
+"""Fixtures shared by every test: a temporary DATA_DIR with an upgraded database."""
 
 from __future__ import annotations
 
-import shutil
 import socket
-from pathlib import Path
 
 import pytest
-from flask_migrate import upgrade
-from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from portal import create_app
 from portal.database import make_engine
 from portal.extensions import db as flask_db
 from portal.settings import Settings
-from portal.users import create_user
 
-PASSWORD = "correct-horse-battery"
+from tests.databases import PASSWORD, open_databases
 
+# The `dicomd` fixture: a real `dicomd run` process, for every test module.
+from tests.dicomd_process import dicomd  # noqa: F401
 
 def free_port(host: str = "127.0.0.1") -> int:
     """Return a TCP port that is free on `host` right now."""
@@ -27,11 +24,21 @@ def free_port(host: str = "127.0.0.1") -> int:
         return probe.getsockname()[1]
 
 
+@pytest.fixture(scope="session")
+def databases(tmp_path_factory):
+    """Where test databases come from: SQLite copies, or PostgreSQL clones with TEST_DATABASE_URL."""
+    source = open_databases(tmp_path_factory.mktemp("template"))
+    yield source
+    source.close()
+
+
 @pytest.fixture
-def environ(tmp_path) -> dict[str, str]:
-    """Environment variables for one isolated installation on loopback."""
+def environ(tmp_path, databases) -> dict[str, str]:
+    """Environment variables for one isolated installation on loopback, with an upgraded database."""
+    data_dir = tmp_path / "data"
     return {
-        "DATA_DIR": str(tmp_path / "data"),
+        "DATA_DIR": str(data_dir),
+        "DATABASE_URL": databases.provision(data_dir),
         "DICOM_HOST": "127.0.0.1",
         "DICOM_PORT": str(free_port()),
         "DICOM_TLS_PORT": str(free_port()),
@@ -46,30 +53,9 @@ def settings(environ) -> Settings:
     return Settings.from_env(environ)
 
 
-@pytest.fixture(scope="session")
-def template_database(tmp_path_factory) -> Path:
-    """A SQLite file upgraded once per run, with one user per default role.
-
-    Upgrading and hashing passwords for every test would dominate the run time,
-    so each test gets a copy of this file.
-    """
-    data_dir = tmp_path_factory.mktemp("template")
-    app = create_app(Settings.from_env({"DATA_DIR": str(data_dir)}), TESTING=True)
-    with app.app_context():
-        upgrade()
-        for username, role in (("admin", "Administrator"), ("support", "Support"), ("clinician", "Clinician")):
-            create_user(flask_db.session, username, role, PASSWORD)
-        flask_db.session.commit()
-        flask_db.session.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
-        flask_db.engine.dispose()
-    return data_dir / "portal.db"
-
-
 @pytest.fixture
-def app(settings, template_database):
+def app(settings):
     """The portal app on a database at the latest revision, with users admin, support and clinician."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(template_database, settings.data_dir / "portal.db")
     app = create_app(settings, TESTING=True, WTF_CSRF_ENABLED=False)
     yield app
     with app.app_context():

@@ -156,3 +156,28 @@ def test_user_create_invalid(runner, arguments, password, message):
     result = runner.invoke(args=["user", "create", *arguments, "--password-stdin"], input=password + "\n")
     assert result.exit_code != 0
     assert message in result.output
+
+
+def test_identity_allow_from(runner):
+    result = runner.invoke(args=["identity", "create", "--name", "Echo", "--ae-title", "ECHO1",
+                                 "--allow-from", "10.1.4.23, 10.1.4.0/24,fd00::/64"])
+    assert result.exit_code == 0, result.output
+    assert identities(runner)[0]["allowed_networks"] == ["10.1.4.23/32", "10.1.4.0/24", "fd00::/64"]
+
+    assert runner.invoke(args=["identity", "update", "ECHO1", "--allow-from", ""]).exit_code == 0
+    assert identities(runner)[0]["allowed_networks"] == []
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("10.1.4.5/24", "--allow-from: '10.1.4.5/24' has host bits set: the range is 10.1.4.0/24"),
+        ("10.1.4", "--allow-from: '10.1.4' is not an IP address or range"),
+        ("10.1.4.23,10.1.4.23/32", "repeats '10.1.4.23'"),
+    ],
+)
+def test_identity_allow_from_invalid(runner, value, message):
+    result = runner.invoke(args=["identity", "create", "--name", "Echo", "--ae-title", "ECHO1", "--allow-from", value])
+    assert result.exit_code != 0
+    assert message in result.output
+    assert identities(runner) == []

@@ -218,13 +218,10 @@ def test_menu_shows_dicom_settings_to_admin(admin_client):
     assert 'href="/settings/devices/dicom">DICOM identities</a>' in page
 
 
-def test_csrf_token_on_body_for_htmx(settings, template_database):
-    import shutil
+def test_csrf_token_on_body_for_htmx(settings):
 
     from portal import create_app
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(template_database, settings.data_dir / "portal.db")
     app = create_app(settings, TESTING=True)
     client = app.test_client()
     page = client.get("/login").get_data(as_text=True)

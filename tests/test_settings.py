@@ -57,3 +57,36 @@ def test_secret_key_from_environment(tmp_path):
     settings = Settings.from_env({"DATA_DIR": str(tmp_path), "SECRET_KEY": "from-the-vault"})
     assert settings.secret_key() == "from-the-vault"
     assert not (tmp_path / "secret_key").exists()
+
+
+def test_tls_defaults():
+    settings = Settings.from_env({})
+    assert settings.dicom_tls_min_version == "1.2"
+    assert settings.dicom_tls_handshake_timeout == 10.0
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("1.2", "1.2"), ("1.3", "1.3"), ("TLSv1.3", "1.3")])
+def test_tls_min_version_accepted(raw, expected):
+    assert Settings.from_env({"DICOM_TLS_MIN_VERSION": raw}).dicom_tls_min_version == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [
+        ("DICOM_TLS_MIN_VERSION", "1.1"),
+        ("DICOM_TLS_MIN_VERSION", "1.0"),
+        ("DICOM_TLS_MIN_VERSION", "ssl3"),
+        ("DICOM_TLS_HANDSHAKE_TIMEOUT", "0"),
+        ("DICOM_TLS_HANDSHAKE_TIMEOUT", "-5"),
+        ("DICOM_TLS_HANDSHAKE_TIMEOUT", "ten"),
+        ("DICOM_TLS_HANDSHAKE_TIMEOUT", "301"),
+    ],
+)
+def test_tls_settings_rejected(name, raw):
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env({name: raw})
+
+
+def test_tls_cert_without_key_rejected():
+    with pytest.raises(SettingsError, match="DICOM_TLS_KEY"):
+        Settings.from_env({"DICOM_TLS_CERT": "/etc/pacs/server.pem"})

@@ -40,8 +40,13 @@ def upgrade():
     sa.Column('allow_anonymous_tls', sa.Boolean(), nullable=False),
     sa.Column('require_tls', sa.Boolean(), nullable=False),
     sa.Column('permitted', sa.JSON(), nullable=False),
+    sa.Column('allowed_networks', sa.JSON(), nullable=False),
     sa.Column('retrieve_host', sa.String(length=255), nullable=True),
     sa.Column('retrieve_port', sa.Integer(), nullable=True),
+    sa.Column('client_certificate_pem', sa.Text(), nullable=True),
+    sa.Column('client_certificate_fingerprint', sa.String(length=64), nullable=True),
+    sa.Column('client_certificate_subject', sa.String(length=512), nullable=True),
+    sa.Column('client_certificate_not_after', sa.DateTime(timezone=True), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('last_seen_at', sa.DateTime(timezone=True), nullable=True),
@@ -54,6 +59,7 @@ def upgrade():
     sa.PrimaryKeyConstraint('id', name=op.f('pk_dicom_identities')),
     sa.UniqueConstraint('ae_title', name=op.f('uq_dicom_identities_ae_title')),
     sa.UniqueConstraint('ae_title_folded', name=op.f('uq_dicom_identities_ae_title_folded')),
+    sa.UniqueConstraint('client_certificate_fingerprint', name=op.f('uq_dicom_identities_client_certificate_fingerprint')),
     sa.UniqueConstraint('name', name=op.f('uq_dicom_identities_name'))
     )
     op.create_table('roles',
@@ -77,6 +83,10 @@ def upgrade():
     sa.Column('outcome', sa.String(length=16), nullable=False),
     sa.Column('reason', sa.String(length=64), nullable=True),
     sa.Column('detail', sa.Text(), nullable=True),
+    sa.Column('tls_version', sa.String(length=16), nullable=True),
+    sa.Column('tls_cipher', sa.String(length=64), nullable=True),
+    sa.Column('client_certificate_subject', sa.String(length=512), nullable=True),
+    sa.Column('client_certificate_fingerprint', sa.String(length=64), nullable=True),
     sa.Column('operations', sa.JSON(), nullable=False),
     sa.Column('instances_received', sa.Integer(), nullable=False),
     sa.Column('bytes_received', sa.BigInteger(), nullable=False),
@@ -85,8 +95,43 @@ def upgrade():
     )
     with op.batch_alter_table('associations', schema=None) as batch_op:
         batch_op.create_index('ix_associations_identity_started', ['identity_id', 'started_at'], unique=False)
+        batch_op.create_index('ix_associations_identity_id', ['identity_id', 'id'], unique=False)
         batch_op.create_index('ix_associations_started', ['started_at'], unique=False)
+        batch_op.create_index('ix_associations_reason_started', ['reason', 'started_at'], unique=False)
 
+    op.create_table('usage_days',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('identity_id', sa.Integer(), nullable=False),
+    sa.Column('day', sa.Date(), nullable=False),
+    sa.Column('associations_accepted', sa.Integer(), nullable=False),
+    sa.Column('associations_rejected', sa.Integer(), nullable=False),
+    sa.Column('echo_requests', sa.Integer(), nullable=False),
+    sa.Column('store_requests', sa.Integer(), nullable=False),
+    sa.Column('find_requests', sa.Integer(), nullable=False),
+    sa.Column('move_requests', sa.Integer(), nullable=False),
+    sa.Column('get_requests', sa.Integer(), nullable=False),
+    sa.Column('commit_requests', sa.Integer(), nullable=False),
+    sa.Column('instances_received', sa.Integer(), nullable=False),
+    sa.Column('bytes_received', sa.BigInteger(), nullable=False),
+    sa.ForeignKeyConstraint(['identity_id'], ['dicom_identities.id'], name=op.f('fk_usage_days_identity_id_dicom_identities'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_usage_days')),
+    sa.UniqueConstraint('identity_id', 'day', name=op.f('uq_usage_days_identity_id'))
+    )
+    op.create_table('listener_heartbeats',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('node', sa.String(length=255), nullable=False),
+    sa.Column('host', sa.String(length=255), nullable=False),
+    sa.Column('port', sa.Integer(), nullable=False),
+    sa.Column('transport', sa.String(length=16), nullable=False),
+    sa.Column('state', sa.String(length=16), nullable=False),
+    sa.Column('version', sa.String(length=32), nullable=False),
+    sa.Column('pid', sa.Integer(), nullable=True),
+    sa.Column('started_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('last_heartbeat_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('detail', sa.Text(), nullable=True),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_listener_heartbeats')),
+    sa.UniqueConstraint('node', 'transport', 'port', name=op.f('uq_listener_heartbeats_node'))
+    )
     op.create_table('studies',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('study_instance_uid', sa.String(length=64), nullable=False),
@@ -163,8 +208,12 @@ def downgrade():
         batch_op.drop_index(batch_op.f('ix_studies_identity_id'))
 
     op.drop_table('studies')
+    op.drop_table('listener_heartbeats')
+    op.drop_table('usage_days')
     with op.batch_alter_table('associations', schema=None) as batch_op:
+        batch_op.drop_index('ix_associations_reason_started')
         batch_op.drop_index('ix_associations_started')
+        batch_op.drop_index('ix_associations_identity_id')
         batch_op.drop_index('ix_associations_identity_started')
 
     op.drop_table('associations')

@@ -86,7 +86,7 @@ def new_user():
     return render_template("accounts/new_user.html", form=form), status
 
 
-@bp.get("/settings/users/<int:user_id>")
+@bp.get("/settings/users/<id:user_id>")
 @permission_required(Permission.USERS_MANAGE)
 def user(user_id: int):
     account = get_user_or_404(user_id)
@@ -112,7 +112,7 @@ def apply_user_change(account: User, action: str, change) -> None:
     flash(f"Saved the changes to {account.username}.", "success")
 
 
-@bp.post("/settings/users/<int:user_id>/role")
+@bp.post("/settings/users/<id:user_id>/role")
 @permission_required(Permission.USERS_MANAGE)
 def set_role(user_id: int):
     account = get_user_or_404(user_id)
@@ -124,7 +124,7 @@ def set_role(user_id: int):
     return redirect(url_for("accounts.user", user_id=account.id))
 
 
-@bp.post("/settings/users/<int:user_id>/enabled")
+@bp.post("/settings/users/<id:user_id>/enabled")
 @permission_required(Permission.USERS_MANAGE)
 def set_enabled(user_id: int):
     account = get_user_or_404(user_id)
@@ -137,7 +137,7 @@ def set_enabled(user_id: int):
     return redirect(url_for("accounts.user", user_id=account.id))
 
 
-@bp.post("/settings/users/<int:user_id>/password")
+@bp.post("/settings/users/<id:user_id>/password")
 @permission_required(Permission.USERS_MANAGE)
 def reset_password(user_id: int):
     account = get_user_or_404(user_id)
@@ -152,7 +152,7 @@ def reset_password(user_id: int):
     return redirect(url_for("accounts.user", user_id=account.id))
 
 
-@bp.post("/settings/users/<int:user_id>/delete")
+@bp.post("/settings/users/<id:user_id>/delete")
 @permission_required(Permission.USERS_MANAGE)
 def remove_user(user_id: int):
     account = get_user_or_404(user_id)
@@ -223,7 +223,7 @@ def new_role():
                            labels=PERMISSION_LABELS), 422
 
 
-@bp.post("/settings/roles/<int:role_id>/name")
+@bp.post("/settings/roles/<id:role_id>/name")
 @permission_required(Permission.USERS_MANAGE)
 def rename(role_id: int):
     role = get_role_or_404(role_id)
@@ -244,7 +244,7 @@ def rename(role_id: int):
     return redirect(url_for("accounts.roles"))
 
 
-@bp.post("/settings/roles/<int:role_id>/permissions")
+@bp.post("/settings/roles/<id:role_id>/permissions")
 @permission_required(Permission.USERS_MANAGE)
 def set_role_permission(role_id: int):
     role = get_role_or_404(role_id)
@@ -274,7 +274,7 @@ def set_role_permission(role_id: int):
     return redirect(url_for("accounts.roles"))
 
 
-@bp.post("/settings/roles/<int:role_id>/delete")
+@bp.post("/settings/roles/<id:role_id>/delete")
 @permission_required(Permission.USERS_MANAGE)
 def remove_role(role_id: int):
     role = get_role_or_404(role_id)

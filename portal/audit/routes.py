@@ -7,6 +7,7 @@ from flask import Response, render_template, request
 from sqlalchemy import Select, select
 
 from portal.audit import bp
+from portal.database import MAX_ROW_ID
 from portal.extensions import db
 from portal.models import AuditEvent, Permission
 from portal.permissions import permission_required
@@ -55,6 +56,8 @@ def index():
     try:
         query, filters = filtered_query()
         before_id = request.args.get("before", type=int)
+        if before_id is not None and not 0 <= before_id <= MAX_ROW_ID:
+            raise FilterError(f"invalid before {before_id}: use a whole number from 0 to {MAX_ROW_ID}")
     except FilterError as error:
         return render_template("audit/index.html", events=[], filters=request.args, error=str(error),
                                next_before=None), 400

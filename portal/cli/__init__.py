@@ -5,12 +5,17 @@ from flask import Flask
 from flask.cli import FlaskGroup
 
 from portal.cli.identities import identity
+from portal.cli import identity_tls  # noqa: F401  (adds `identity certificate …`)
+from portal.cli.tokens import token
+from portal.cli.usage import usage
 from portal.cli.users import user
 
 
 def register_commands(app: Flask) -> None:
     app.cli.add_command(user)
     app.cli.add_command(identity)
+    app.cli.add_command(usage)
+    app.cli.add_command(token)
 
 
 def _create_app():

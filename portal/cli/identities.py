@@ -3,6 +3,7 @@ import json
 import click
 from flask.cli import with_appcontext
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from portal import audit
 from portal.extensions import db
@@ -13,7 +14,16 @@ from portal.identities.service import (
     parse_operations,
     update_identity,
 )
+from portal.identities.transfer import (
+    MAX_IMPORT_BYTES,
+    ImportFileError,
+    ImportPlan,
+    decode_upload,
+    export_csv,
+    plan_import,
+)
 from portal.models import DicomIdentity
+from portal.networks import split_entries
 
 OPTION_FIELDS = {
     "name": "--name",
@@ -21,6 +31,7 @@ OPTION_FIELDS = {
     "permitted": "--permit",
     "retrieve_host": "--retrieve-host",
     "retrieve_port": "--retrieve-port",
+    "allowed_networks": "--allow-from",
 }
 
 
@@ -48,14 +59,18 @@ def identity_options(command):
                      help="Comma-separated operations: echo,store,find,move,get,commit."),
         click.option("--retrieve-host", help="Host that C-MOVE sends this device's retrievals to."),
         click.option("--retrieve-port", type=click.IntRange(1, 65535), help="Port for --retrieve-host."),
+        click.option("--allow-from", help="Comma-separated source addresses or CIDR ranges the device may "
+                                          "connect from, such as 10.1.4.0/24,fd00::/64; \"\" allows any address."),
     ]
     for option in reversed(options):
         command = option(command)
     return command
 
 
-def _changes(name, allow_anonymous_tls, require_tls, disabled, permit, retrieve_host, retrieve_port) -> dict:
+def _changes(name, allow_anonymous_tls, require_tls, disabled, permit, retrieve_host, retrieve_port,
+             allow_from) -> dict:
     changes = {
+        "allowed_networks": None if allow_from is None else split_entries(allow_from),
         "name": name,
         "allow_anonymous_tls": allow_anonymous_tls,
         "require_tls": require_tls,
@@ -207,3 +222,77 @@ def delete(ae_title: str, yes: bool):
     audit.record("identity.delete", "dicom_identity", before["ae_title"], before=before)
     db.session.commit()
     click.echo(f"Deleted identity {before['name']} ({before['ae_title']}).")
+
+
+@identity.command("export")
+@click.argument("output", type=click.File("w", encoding="utf-8"), default="-")
+@with_appcontext
+def export(output):
+    """Write every identity as CSV to OUTPUT (default: standard output).
+
+    The format is the one `portal identity import` reads.
+    """
+    count = export_csv(db.session, output)
+    if output.name != "<stdout>":
+        click.echo(f"Exported {count} identities to {output.name}.", err=True)
+
+
+@identity.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, readable=True))
+@click.option("--yes", is_flag=True, help="Import without asking for confirmation.")
+@with_appcontext
+def import_identities(path: str, yes: bool):
+    """Create and update identities from the CSV file PATH, matched by exact AE title.
+
+    Prints what each row would do first. Nothing is written if any row is
+    rejected or the import fails part way.
+    """
+    with open(path, "rb") as handle:
+        data = handle.read(MAX_IMPORT_BYTES + 1)
+    try:
+        text = decode_upload(data)
+    except ImportFileError as error:
+        raise click.ClickException(f"{path}: {error}") from None
+    plan = _plan_import(path, text)
+    db.session.rollback()
+
+    echo_import_plan(plan)
+    if plan.rejected:
+        raise click.ClickException("Nothing imported: fix the rejected rows and run the import again.")
+    if plan.changes == 0:
+        click.echo("Nothing to import: every row matches its identity.")
+        return
+    if not yes:
+        click.confirm(f"Import {plan.summary()}?", abort=True)
+
+    # Planned again in the transaction that commits, in case the identities
+    # changed while the user read the preview.
+    applied = _plan_import(path, text)
+    if applied.rejected:
+        db.session.rollback()
+        echo_import_plan(applied)
+        raise click.ClickException("Nothing imported: the identities changed since the preview.")
+    db.session.commit()
+    click.echo(f"Imported: {applied.summary()}.")
+
+
+def _plan_import(path: str, text: str) -> ImportPlan:
+    """Plan the import in the session. On failure, roll back and exit with the reason."""
+    try:
+        return plan_import(db.session, text)
+    except ImportFileError as error:
+        db.session.rollback()
+        raise click.ClickException(f"{path}: {error}") from None
+    except SQLAlchemyError as error:
+        db.session.rollback()
+        raise click.ClickException(f"Nothing imported: the database failed ({error.orig or error}).") from None
+
+
+def echo_import_plan(plan: ImportPlan) -> None:
+    row = "{:>5}  {:<9}  {:<16}  {}"
+    click.echo(row.format("LINE", "ACTION", "AE TITLE", "NAME / DETAILS"))
+    for item in plan.rows:
+        click.echo(row.format(item.line, item.action, item.ae_title[:16], item.name))
+        for field, message in item.details.items():
+            click.echo(f"{'':>35}{field}: {message}")
+    click.echo(f"{plan.summary()}.")

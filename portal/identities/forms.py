@@ -1,5 +1,6 @@
 from flask_wtf import FlaskForm
-from wtforms import HiddenField, StringField
+from flask_wtf.file import FileField
+from wtforms import HiddenField, StringField, TextAreaField
 from wtforms.validators import AnyOf, Optional
 
 
@@ -18,3 +19,28 @@ class EnabledForm(FlaskForm):
 
 class DeleteForm(FlaskForm):
     pass
+
+
+class NetworksForm(FlaskForm):
+    # Each entry is validated by portal.networks, shared with the CLI and the API.
+    networks = TextAreaField("Allowed source networks")
+
+
+class TlsSettingForm(FlaskForm):
+    """One TLS toggle of an identity: which setting, and its new value."""
+
+    setting = HiddenField(validators=[AnyOf(["allow_anonymous_tls", "require_tls"], message="unknown TLS setting")])
+    value = HiddenField(validators=[AnyOf(["true", "false"], message="must be true or false")])
+
+
+class ClientCertificateForm(FlaskForm):
+    """A device certificate to bind: pasted PEM text or an uploaded PEM or DER file."""
+
+    certificate_text = TextAreaField("Paste the certificate (PEM)")
+    certificate_file = FileField("or upload a certificate file (.pem, .crt, .cer or .der)")
+
+
+class CertificateDownloadForm(FlaskForm):
+    token = HiddenField()
+    file_format = HiddenField(validators=[AnyOf(["p12", "pem"], message="unknown format")])
+

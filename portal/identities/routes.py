@@ -8,10 +8,12 @@ from portal import audit
 from portal.extensions import db
 from portal.htmx import is_htmx_request, vary_on_htmx
 from portal.identities import bp
-from portal.identities.forms import DeleteForm, EnabledForm, IdentityForm
-from portal.identities.service import IdentityValidationError, create_identity
+from portal.identities.forms import DeleteForm, EnabledForm, IdentityForm, NetworksForm
+from portal.identities.service import IdentityValidationError, create_identity, update_identity
 from portal.models import DicomIdentity, Permission
 from portal.permissions import permission_required
+from portal.networks import split_entries, validate_networks
+from portal.usage.queries import listener_statuses, recent_peer_addresses, unrecognised_devices
 
 log = logging.getLogger(__name__)
 
@@ -19,23 +21,23 @@ NAMING_EXAMPLES = ["Room1_EPIQ7", "ClinicA_Vivid95", "Mobile_CT_Unit"]
 
 
 def get_identity_or_404(identity_id: int) -> DicomIdentity:
-    identity = db.session.get(DicomIdentity, identity_id)
-    if identity is None:
-        abort(404)
-    return identity
+    return db.get_or_404(DicomIdentity, identity_id)
 
 
 @bp.get("")
 @permission_required(Permission.INTEGRATIONS_MANAGE)
 def index():
     identities = db.session.scalars(select(DicomIdentity).order_by(DicomIdentity.name)).all()
-    return render_template("identities/index.html", identities=identities, toggle=EnabledForm())
+    return render_template("identities/index.html", identities=identities, toggle=EnabledForm(),
+                           unrecognised=unrecognised_devices(db.session),
+                           listeners=listener_statuses(db.session))
 
 
 @bp.route("/new", methods=["GET", "POST"])
 @permission_required(Permission.INTEGRATIONS_MANAGE)
 def new():
-    form = IdentityForm()
+    # "Create identity" on an unrecognised device opens the form with its AE title.
+    form = IdentityForm(data={"ae_title": request.args.get("ae_title", "")} if request.method == "GET" else None)
     if form.validate_on_submit():
         try:
             identity = create_identity(db.session, name=form.name.data or "", ae_title=form.ae_title.data or "")
@@ -54,7 +56,7 @@ def new():
     return render_template("identities/new.html", form=form, examples=NAMING_EXAMPLES), status
 
 
-@bp.get("/<int:identity_id>")
+@bp.get("/<id:identity_id>")
 @permission_required(Permission.INTEGRATIONS_MANAGE)
 def show(identity_id: int):
     identity = get_identity_or_404(identity_id)
@@ -65,10 +67,54 @@ def show(identity_id: int):
         settings=settings,
         connect_host=connect_host(settings.dicom_host),
         toggle=EnabledForm(),
+        **networks_context(identity, entries=identity.allowed_networks, errors={}),
     )
 
 
-@bp.post("/<int:identity_id>/enabled")
+def networks_context(identity: DicomIdentity, entries: list[str], errors: dict[int, str]) -> dict:
+    return {
+        "network_entries": entries,
+        "network_errors": errors,
+        "recent_addresses": recent_peer_addresses(db.session, identity),
+    }
+
+
+@bp.post("/<id:identity_id>/networks")
+@permission_required(Permission.INTEGRATIONS_MANAGE)
+def set_networks(identity_id: int):
+    identity = get_identity_or_404(identity_id)
+    form = NetworksForm()
+    if not form.validate_on_submit():
+        abort(400)
+
+    entries = split_entries(form.networks.data or "")
+    normalized, errors = validate_networks(entries)
+    if not errors:
+        before = {"allowed_networks": list(identity.allowed_networks)}
+        update_identity(db.session, identity, allowed_networks=normalized)
+        audit.record("identity.networks", "dicom_identity", identity.ae_title, before=before,
+                     after={"allowed_networks": normalized})
+        db.session.commit()
+        log.info("allowed networks of identity %r set to %s by %s", identity.ae_title,
+                 ", ".join(normalized) or "any address", current_user.username)
+        entries = normalized
+
+    if is_htmx_request():
+        # Invalid entries come back in the fragment with their messages, because
+        # htmx does not swap error responses.
+        fragment = render_template("identities/_networks.html", identity=identity,
+                                   **networks_context(identity, entries, errors))
+        return vary_on_htmx(make_response(fragment))
+
+    if errors:
+        for position, message in errors.items():
+            flash(f"Allowed networks not saved: {message}", "error")
+    else:
+        flash(f"Saved the allowed networks of {identity.name}.", "success")
+    return redirect(url_for("identities.show", identity_id=identity.id))
+
+
+@bp.post("/<id:identity_id>/enabled")
 @permission_required(Permission.INTEGRATIONS_MANAGE)
 def set_enabled(identity_id: int):
     identity = get_identity_or_404(identity_id)
@@ -97,7 +143,7 @@ def set_enabled(identity_id: int):
     return redirect(url_for("identities.show", identity_id=identity.id))
 
 
-@bp.route("/<int:identity_id>/delete", methods=["GET", "POST"])
+@bp.route("/<id:identity_id>/delete", methods=["GET", "POST"])
 @permission_required(Permission.INTEGRATIONS_MANAGE)
 def delete(identity_id: int):
     identity = get_identity_or_404(identity_id)

@@ -7,6 +7,7 @@ from sqlalchemy.orm import Session
 
 from portal.aetitle import InvalidAETitle, normalize_ae_title
 from portal.models import DEFAULT_OPERATIONS, DicomIdentity, Operation
+from portal.networks import validate_networks
 
 MAX_NAME_LENGTH = 128
 OPERATION_NAMES = [operation.value for operation in Operation]
@@ -93,6 +94,13 @@ def _validate(session: Session, values: dict, existing: DicomIdentity | None) ->
             errors["permitted"] = f"unknown operation {', '.join(map(repr, unknown))}: use {', '.join(OPERATION_NAMES)}"
         else:
             cleaned["permitted"] = [name for name in OPERATION_NAMES if name in values["permitted"]]
+
+    if "allowed_networks" in values:
+        networks, network_errors = validate_networks(values["allowed_networks"] or [])
+        if network_errors:
+            errors["allowed_networks"] = "; ".join(network_errors.values())
+        else:
+            cleaned["allowed_networks"] = networks
 
     _validate_retrieve_address(values, existing, cleaned, errors)
     _check_unique(session, cleaned, existing, errors)

@@ -1,0 +1,256 @@
+"""A listener worker process: pynetdicom servers on sockets that the supervisor bound.
+
+The supervisor binds each listening socket once and passes it to every
+worker, so several workers accept on the same port.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import ssl
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from multiprocessing.synchronize import Event as ProcessEvent
+
+from pydicom import uid
+from pynetdicom import AE, AllStoragePresentationContexts, _config
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+
+from dicomd import configure_logging
+from dicomd.handlers import ListenerHandlers
+from dicomd.policy import Transport
+from dicomd.storage import INCOMING_DIR_NAME
+from dicomd.tls import ServerTls, describe_handshake_error, handshake
+from dicomd.usage import Peer, UsageRecorder
+from portal.database import make_engine
+from portal.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Instances are stored in the transfer syntax they arrive in, never re-encoded,
+# so every syntax listed here is accepted without needing a codec.
+TRANSFER_SYNTAXES = [
+    uid.ImplicitVRLittleEndian,
+    uid.ExplicitVRLittleEndian,
+    uid.ExplicitVRBigEndian,
+    uid.DeflatedExplicitVRLittleEndian,
+    uid.JPEGBaseline8Bit,
+    uid.JPEGExtended12Bit,
+    uid.JPEGLossless,
+    uid.JPEGLosslessSV1,
+    uid.JPEGLSLossless,
+    uid.JPEGLSNearLossless,
+    uid.JPEG2000Lossless,
+    uid.JPEG2000,
+    uid.RLELossless,
+]
+
+# Seconds that open associations get to finish after a stop request before
+# they are aborted. The supervisor waits longer than this for a worker.
+ASSOCIATION_GRACE_SECONDS = 10
+
+
+@dataclass
+class ListenerSocket:
+    """A bound, listening socket and the transport that arrives on it."""
+
+    transport: Transport
+    socket: socket.socket
+
+
+@dataclass
+class WorkerSpec:
+    """Everything a worker process needs; it is pickled into the child."""
+
+    number: int
+    settings: Settings
+    listeners: list[ListenerSocket]
+    log_level: str
+    pynetdicom_log_level: str
+    ready: ProcessEvent
+
+
+class InheritedSocketServer(ThreadedAssociationServer):
+    """A pynetdicom server that accepts on an already listening socket instead of binding one."""
+
+    def __init__(self, *args, listening_socket: socket.socket, **kwargs):
+        self._listening_socket = listening_socket
+        super().__init__(*args, **kwargs)
+
+    def server_bind(self) -> None:
+        self.socket.close()
+        self.socket = self._listening_socket
+        # Every worker wakes up for a new connection but only one accepts it.
+        # Non-blocking accept lets the others return to their loop at once
+        # (socketserver ignores the resulting BlockingIOError) instead of
+        # waiting in accept() and delaying their shutdown.
+        self.socket.setblocking(False)
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        """Do nothing: the supervisor already called listen()."""
+
+    def server_close(self) -> None:
+        # pynetdicom's server_close() calls shutdown() on the listening socket,
+        # which would stop the other workers sharing it; closing this process's
+        # copy is enough.
+        self.socket.close()
+
+
+class TLSSocketServer(InheritedSocketServer):
+    """The TLS listener: accepts plain TCP, then runs each TLS handshake in the connection's own thread.
+
+    pynetdicom's own TLS server wraps the socket inside its accept loop, with
+    no timeout and no record of a failure, so one silent peer would stall the
+    port. Here a handshake gets `tls.handshake_timeout` seconds, and a failed
+    one is recorded as a rejected association.
+    """
+
+    def __init__(self, *args, tls: ServerTls, recorder: UsageRecorder, **kwargs):
+        self.tls = tls
+        self.recorder = recorder
+        super().__init__(*args, **kwargs)
+
+    def get_request(self) -> tuple[socket.socket, tuple]:
+        return self.socket.accept()
+
+    def process_request_thread(self, request: socket.socket, client_address) -> None:
+        try:
+            tls_socket = handshake(self.tls.context, request, self.tls.handshake_timeout)
+        except (ssl.SSLError, OSError) as error:
+            self._record_handshake_failure(client_address, error)
+            return
+        super().process_request_thread(tls_socket, client_address)
+
+    def _record_handshake_failure(self, client_address, error: BaseException) -> None:
+        detail = describe_handshake_error(error, self.tls.handshake_timeout, self.tls.minimum_version)
+        peer = Peer(
+            address=client_address[0],
+            port=client_address[1],
+            local_port=self.server_address[1],
+            transport=Transport.TLS,
+        )
+        log.warning("TLS handshake from %s:%s failed: %s", peer.address, peer.port, detail)
+        try:
+            self.recorder.record_handshake_failure(peer, detail)
+        except Exception:
+            log.exception("recording the failed TLS handshake from %s:%s failed", peer.address, peer.port)
+
+
+def run_worker(spec: WorkerSpec) -> None:
+    """Serve associations until SIGTERM or SIGINT, then stop accepting and let open associations finish."""
+    configure_logging(spec.log_level, spec.pynetdicom_log_level)
+    stop_requested = threading.Event()
+
+    def request_stop(signum, frame):
+        stop_requested.set()
+
+    reload_requested = threading.Event()
+
+    def request_reload(signum, frame):
+        reload_requested.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGHUP, request_reload)
+
+    settings = spec.settings
+    # pynetdicom writes each incoming C-STORE data set to a temporary file
+    # (event.dataset_path) instead of memory. That file goes to the storage
+    # volume, because /tmp may be memory-backed and instances reach hundreds of MB.
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    tempfile.tempdir = str(settings.storage_dir / INCOMING_DIR_NAME)
+
+    engine = make_engine(settings.database_url)
+    recorder = UsageRecorder(engine)
+    ae = build_ae(settings)
+    tls = ServerTls(settings) if any(listener.transport is Transport.TLS for listener in spec.listeners) else None
+    servers = [start_server(ae, listener, recorder, settings, tls) for listener in spec.listeners]
+    log.info("worker %d ready", spec.number)
+    spec.ready.set()
+
+    # Polling instead of a blocking wait, so that the signal handler never
+    # runs while this thread holds the event's lock.
+    while not stop_requested.is_set():
+        time.sleep(0.2)
+        if reload_requested.is_set():
+            reload_requested.clear()
+            if tls is not None:
+                tls.reload()
+
+    log.info("worker %d stopping: no new associations are accepted", spec.number)
+    for server in servers:
+        server.shutdown()
+    finish_associations(ae)
+    engine.dispose()
+    log.info("worker %d stopped", spec.number)
+
+
+def build_ae(settings: Settings) -> AE:
+    """Return an AE that accepts Verification and every storage SOP class in pynetdicom's list."""
+    ae = AE(ae_title=settings.dicom_ae_title)
+    ae.add_supported_context(Verification)
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
+    # The called AE title is checked by the policy, which records the rejection.
+    ae.require_called_aet = False
+    ae.require_calling_aet = []
+    return ae
+
+
+def start_server(ae: AE, listener: ListenerSocket, recorder: UsageRecorder, settings: Settings,
+                 tls: ServerTls | None = None):
+    """Start a pynetdicom server thread accepting on `listener`; a TLS listener needs `tls`."""
+    local_port = listener.socket.getsockname()[1]
+    handlers = ListenerHandlers(
+        recorder=recorder,
+        own_ae_title=settings.dicom_ae_title,
+        storage_dir=settings.storage_dir,
+        transport=listener.transport,
+        local_port=local_port,
+    )
+    if listener.transport is Transport.TLS:
+        server_options = {"server_class": TLSSocketServer, "tls": tls, "recorder": recorder}
+    else:
+        server_options = {"server_class": InheritedSocketServer}
+    server = ae.make_server(
+        listener.socket.getsockname()[:2],
+        evt_handlers=handlers.bindings(),
+        listening_socket=listener.socket,
+        **server_options,
+    )
+    # AssociationServer.shutdown() removes the server from this list, as
+    # AE.start_server() would have added it.
+    ae._servers.append(server)
+    thread = threading.Thread(
+        target=server.serve_forever, name=f"listener-{listener.transport.value}-{local_port}", daemon=True
+    )
+    thread.start()
+    return server
+
+
+def finish_associations(ae: AE) -> None:
+    """Wait for established associations to end, then abort every association still open.
+
+    Connections that have not sent an A-ASSOCIATE-RQ yet are not waited for,
+    because pynetdicom would otherwise keep them until its ACSE timeout.
+    """
+    deadline = time.monotonic() + ASSOCIATION_GRACE_SECONDS
+    while time.monotonic() < deadline and any(assoc.is_established for assoc in ae.active_associations):
+        time.sleep(0.1)
+
+    for association in ae.active_associations:
+        if association.is_established:
+            log.warning(
+                "aborting the association from %s at %s:%s, still open %d seconds after the stop request",
+                association.requestor.ae_title,
+                association.requestor.address,
+                association.requestor.port,
+                ASSOCIATION_GRACE_SECONDS,
+            )
+        association.abort()

@@ -1,0 +1,266 @@
+"""Usage records: one Association row per attempt, the index of stored instances, identity counters.
+
+Counters are updated with SQL increments (`SET x = x + :n`), never read and
+written back, because several worker processes update the same identity.
+Each method runs one short transaction on the process's single engine.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from dicomd.policy import IdentityPolicy, RejectReason, Rejection, Transport
+from dicomd.storage import StoredInstance
+from dicomd.tls import TlsSession
+from portal.identities.service import find_by_ae_title
+from portal.usage_days import add_usage, request_increments
+from portal.models import Association, DicomIdentity, Instance, Study, utcnow
+
+log = logging.getLogger(__name__)
+
+OUTCOME_ACCEPTED = "accepted"
+OUTCOME_REJECTED = "rejected"
+OUTCOME_ABORTED = "aborted"
+
+
+@dataclass(frozen=True)
+class Peer:
+    """The peer address of an association request and the listener that received it."""
+
+    address: str
+    port: int | None
+    local_port: int | None
+    transport: Transport
+    # What the TLS handshake negotiated; None on the plain listener.
+    tls: TlsSession | None = None
+
+
+class UsageRecorder:
+    """Writes association attempts, stored instances and identity counters."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def load_identity(self, calling_ae_title: str) -> IdentityPolicy | None:
+        """Read the identity registered for `calling_ae_title` now, so that portal changes apply at once."""
+        with Session(self.engine) as session:
+            identity = find_by_ae_title(session, calling_ae_title)
+            return IdentityPolicy.of(identity) if identity is not None else None
+
+    def find_certificate_owner(self, fingerprint: str | None) -> int | None:
+        """Return the id of the identity that the client certificate with `fingerprint` is bound to, if any."""
+        if fingerprint is None:
+            return None
+        with Session(self.engine) as session:
+            return session.scalar(
+                select(DicomIdentity.id).where(DicomIdentity.client_certificate_fingerprint == fingerprint)
+            )
+
+    def record_request(
+        self,
+        *,
+        calling_ae_title: str,
+        called_ae_title: str,
+        peer: Peer,
+        identity: IdentityPolicy | None,
+        rejection: Rejection | None,
+    ) -> int:
+        """Insert the Association row for a request and count it on the identity; return the row id."""
+        now = utcnow()
+        association = Association(
+            started_at=now,
+            ended_at=now if rejection else None,
+            identity_id=identity.identity_id if identity else None,
+            calling_ae_title=calling_ae_title,
+            called_ae_title=called_ae_title,
+            peer_address=peer.address,
+            peer_port=peer.port,
+            transport=peer.transport.value,
+            local_port=peer.local_port,
+            outcome=OUTCOME_REJECTED if rejection else OUTCOME_ACCEPTED,
+            reason=rejection.reason.value if rejection else None,
+            detail=rejection.detail if rejection else None,
+            operations={},
+            **_tls_columns(peer.tls),
+        )
+        with Session(self.engine) as session, session.begin():
+            session.add(association)
+            session.flush()
+            if identity is not None:
+                counter = "associations_rejected" if rejection else "associations_accepted"
+                session.execute(
+                    update(DicomIdentity)
+                    .where(DicomIdentity.id == identity.identity_id)
+                    .values(
+                        {
+                            counter: getattr(DicomIdentity, counter) + 1,
+                            "last_seen_at": now,
+                            "last_peer_address": peer.address,
+                            "last_transport": peer.transport.value,
+                        }
+                    )
+                )
+                add_usage(session, identity.identity_id, now.date(), **{counter: 1})
+            return association.id
+
+    def record_handshake_failure(self, peer: Peer, detail: str) -> int:
+        """Insert the rejected Association row of a failed TLS handshake: no AE titles, no identity."""
+        now = utcnow()
+        association = Association(
+            started_at=now,
+            ended_at=now,
+            peer_address=peer.address,
+            peer_port=peer.port,
+            transport=peer.transport.value,
+            local_port=peer.local_port,
+            outcome=OUTCOME_REJECTED,
+            reason=RejectReason.TLS_HANDSHAKE_FAILED.value,
+            detail=detail,
+            operations={},
+        )
+        with Session(self.engine) as session, session.begin():
+            session.add(association)
+            session.flush()
+            return association.id
+
+    def record_failure(self, association_id: int, reason: str, detail: str) -> None:
+        """Note a failed request on an accepted association; the first reason is kept."""
+        with Session(self.engine) as session, session.begin():
+            association = session.get(Association, association_id)
+            if association is None:
+                return
+            if association.reason is None:
+                association.reason = reason
+            association.detail = f"{association.detail}\n{detail}" if association.detail else detail
+
+    def record_instance(
+        self,
+        *,
+        association_id: int,
+        identity_id: int,
+        stored: StoredInstance,
+    ) -> None:
+        """Index a stored instance and count it on the association and the identity.
+
+        A duplicate whose index rows already exist only adds to the counters.
+        A duplicate without them, because a crash came between the write and the
+        index, gets them now.
+        """
+        now = utcnow()
+        with Session(self.engine) as session, session.begin():
+            study_id = self._upsert_study(session, identity_id, stored, now)
+            self._insert_instance(session, association_id, identity_id, study_id, stored, now)
+            session.execute(
+                update(Association)
+                .where(Association.id == association_id)
+                .values(
+                    instances_received=Association.instances_received + 1,
+                    bytes_received=Association.bytes_received + stored.size_bytes,
+                )
+            )
+            session.execute(
+                update(DicomIdentity)
+                .where(DicomIdentity.id == identity_id)
+                .values(
+                    instances_received=DicomIdentity.instances_received + 1,
+                    bytes_received=DicomIdentity.bytes_received + stored.size_bytes,
+                    last_seen_at=now,
+                )
+            )
+            add_usage(session, identity_id, now.date(), instances_received=1, bytes_received=stored.size_bytes)
+
+    def record_end(self, association_id: int, *, operations: Mapping[str, int], aborted: bool) -> None:
+        """Close an accepted association's row with its end time and operation counts."""
+        now = utcnow()
+        values: dict = {"ended_at": now, "operations": dict(operations)}
+        if aborted:
+            values["outcome"] = OUTCOME_ABORTED
+        with Session(self.engine) as session, session.begin():
+            session.execute(update(Association).where(Association.id == association_id).values(**values))
+            identity_id = session.scalar(select(Association.identity_id).where(Association.id == association_id))
+            if identity_id is not None:
+                add_usage(session, identity_id, now.date(), **request_increments(dict(operations)))
+
+    def _upsert_study(self, session: Session, identity_id: int, stored: StoredInstance, now: datetime) -> int:
+        header = stored.header
+        study = session.scalar(select(Study).where(Study.study_instance_uid == header.study_instance_uid))
+        if study is None:
+            study = Study(
+                study_instance_uid=header.study_instance_uid,
+                identity_id=identity_id,
+                study_date=header.study_date,
+                study_time=header.study_time,
+                accession_number=header.accession_number,
+                study_description=header.study_description,
+                modalities=header.modality,
+                first_received_at=now,
+                last_received_at=now,
+            )
+            try:
+                with session.begin_nested():
+                    session.add(study)
+            except IntegrityError:
+                # Another worker inserted the same study first.
+                study = session.scalar(select(Study).where(Study.study_instance_uid == header.study_instance_uid))
+            else:
+                return study.id
+
+        study.last_received_at = now
+        # NOTE: the modality list is read and written back, so two workers adding
+        # different modalities to one study at the same moment may lose one.
+        modalities = study.modalities.split("\\") if study.modalities else []
+        if header.modality and header.modality not in modalities:
+            study.modalities = "\\".join([*modalities, header.modality])
+        session.flush()
+        return study.id
+
+    def _insert_instance(
+        self,
+        session: Session,
+        association_id: int,
+        identity_id: int,
+        study_id: int,
+        stored: StoredInstance,
+        now: datetime,
+    ) -> None:
+        header = stored.header
+        exists = session.scalar(select(Instance.id).where(Instance.sop_instance_uid == header.sop_instance_uid))
+        if exists is not None:
+            return
+
+        instance = Instance(
+            sop_instance_uid=header.sop_instance_uid,
+            sop_class_uid=header.sop_class_uid,
+            series_instance_uid=header.series_instance_uid,
+            study_id=study_id,
+            identity_id=identity_id,
+            association_id=association_id,
+            modality=header.modality,
+            transfer_syntax_uid=header.transfer_syntax_uid,
+            size_bytes=stored.size_bytes,
+            path=stored.relative_path,
+            received_at=now,
+        )
+        try:
+            with session.begin_nested():
+                session.add(instance)
+        except IntegrityError:
+            log.info("instance %s was indexed by another worker first", header.sop_instance_uid)
+
+
+def _tls_columns(session: TlsSession | None) -> dict:
+    if session is None:
+        return {}
+    return {
+        "tls_version": session.version,
+        "tls_cipher": session.cipher,
+        "client_certificate_subject": session.client_certificate_subject,
+        "client_certificate_fingerprint": session.client_certificate_fingerprint,
+    }

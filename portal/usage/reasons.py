@@ -1,0 +1,92 @@
+"""Plain-language explanations of the reasons dicomd records, with the fix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Explanation:
+    title: str
+    meaning: str
+    fix: str
+
+
+REASONS: dict[str, Explanation] = {
+    "unknown_calling_ae": Explanation(
+        "Unknown calling AE title",
+        "The device called with an AE title that no identity has. dicomd answered with "
+        "A-ASSOCIATE-RJ, reason 3 (calling AE title not recognised).",
+        "Compare the device's calling (local) AE title with the identities here, case and spaces "
+        "included, then correct the device or create an identity with that AE title.",
+    ),
+    "identity_disabled": Explanation(
+        "Identity disabled",
+        "The AE title belongs to an identity that is disabled, so the device was rejected like an "
+        "unknown one.",
+        "Enable the identity on its configuration page if the device should send again.",
+    ),
+    "called_ae_mismatch": Explanation(
+        "Wrong called AE title",
+        "The device called this PACS by another AE title than the one it listens as. dicomd answered "
+        "with A-ASSOCIATE-RJ, reason 7 (called AE title not recognised).",
+        "On the device, set the remote (called) AE title of the PACS destination to the value shown "
+        "in \"Connect this device\".",
+    ),
+    "tls_required": Explanation(
+        "TLS required",
+        "The device connected to the plain DICOM port, but its identity requires TLS.",
+        "Configure the device for DICOM over TLS on the TLS port, or turn off Require TLS for the identity.",
+    ),
+    "client_certificate_required": Explanation(
+        "Client certificate required",
+        "The device connected over TLS without a client certificate, and the identity does not allow "
+        "anonymous TLS.",
+        "Install a client certificate on the device, or turn on Allow anonymous TLS for the identity.",
+    ),
+    "client_certificate_mismatch": Explanation(
+        "Wrong client certificate",
+        "The device presented a client certificate other than the one bound to its identity.",
+        "Bind the device's current certificate to the identity, or install the bound certificate on the device.",
+    ),
+    "source_address_not_allowed": Explanation(
+        "Address not allowed",
+        "The device connected from an address outside the identity's allowed networks.",
+        "Add the device's address to the identity's allowed networks, or connect the device from an allowed one.",
+    ),
+    "tls_handshake_failed": Explanation(
+        "TLS handshake failed",
+        "The TLS handshake failed before any DICOM message, so no AE title is known. The detail gives "
+        "the TLS error.",
+        "Check that the device trusts the PACS certificate authority, that its client certificate "
+        "chains to the configured CA, and that it supports TLS 1.2 or newer.",
+    ),
+    "operation_not_permitted": Explanation(
+        "Request type not permitted",
+        "The device sent a request type its identity does not permit. It got DIMSE status 0x0124 "
+        "(not authorized) and the association stayed open.",
+        "Permit the request type on the identity's configuration page if the device needs it.",
+    ),
+    "invalid_dataset": Explanation(
+        "Invalid dataset",
+        "A C-STORE carried a dataset that could not be stored: missing or invalid UIDs, or data that "
+        "could not be decoded. The device got a failure status.",
+        "Check the device's export settings, and ask its vendor if the failure persists.",
+    ),
+    "storage_failed": Explanation(
+        "Storage failed",
+        "The PACS could not write the instance (for example, the storage volume is full). The device "
+        "got status 0xA700 (out of resources) and should retry.",
+        "Free space on or repair the storage volume; dicomd resumes by itself.",
+    ),
+    "local_limit_exceeded": Explanation(
+        "Too many associations",
+        "The association limit was reached, so the device was rejected transiently (reason 2, local "
+        "limit exceeded) and may retry.",
+        "Raise the association limit, or lower how many associations the device opens at once.",
+    ),
+}
+
+
+def explain(reason: str | None) -> Explanation | None:
+    return REASONS.get(reason) if reason else None

@@ -1,0 +1,80 @@
+"""Daily usage counters per identity, added to by dicomd and read by the portal."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from portal.models import UsageDay
+
+COUNTERS = frozenset(
+    column.name for column in UsageDay.__table__.columns if column.name not in ("id", "identity_id", "day")
+)
+
+# Operation names of portal.models.Operation mapped to their counter columns.
+OPERATION_COUNTERS = {
+    "echo": "echo_requests",
+    "store": "store_requests",
+    "find": "find_requests",
+    "move": "move_requests",
+    "get": "get_requests",
+    "commit": "commit_requests",
+}
+
+
+def add_usage(session: Session, identity_id: int, day: date, **increments: int) -> None:
+    """Add `increments` to the identity's counters for `day`, creating the row if needed.
+
+    The addition happens in SQL, so concurrent writers from several processes
+    never lose an update. The caller commits.
+    """
+    unknown = set(increments) - COUNTERS
+    if unknown:
+        raise ValueError(f"unknown usage counters: {', '.join(sorted(unknown))}")
+    increments = {name: value for name, value in increments.items() if value}
+    if not increments:
+        return
+
+    if _increment(session, identity_id, day, increments):
+        return
+    try:
+        with session.begin_nested():
+            session.add(UsageDay(identity_id=identity_id, day=day, **increments))
+    except IntegrityError:
+        # Another process created the row between the update and the insert.
+        _increment(session, identity_id, day, increments)
+
+
+# Keys of Association.operations that mark a subset of requests already counted
+# under another key, such as stores of an instance the PACS already had.
+SUBSET_KEYS = frozenset({"store_duplicate"})
+
+
+def request_counts(operations: dict[str, int]) -> dict[str, int]:
+    """Count DIMSE requests per operation from an association's `operations`.
+
+    dicomd counts each request once, under the operation name ("store") or
+    under the operation and its failure ("store_failed", "echo_not_permitted").
+    """
+    counts = dict.fromkeys(OPERATION_COUNTERS, 0)
+    for key, count in (operations or {}).items():
+        operation = key.split("_", 1)[0]
+        if key not in SUBSET_KEYS and operation in counts:
+            counts[operation] += count
+    return counts
+
+
+def request_increments(operations: dict[str, int]) -> dict[str, int]:
+    """Turn an association's `operations` into increments of the request counters."""
+    return {OPERATION_COUNTERS[name]: count for name, count in request_counts(operations).items()}
+
+
+def _increment(session: Session, identity_id: int, day: date, increments: dict[str, int]) -> bool:
+    values = {name: getattr(UsageDay, name) + value for name, value in increments.items()}
+    result = session.execute(
+        update(UsageDay).where(UsageDay.identity_id == identity_id, UsageDay.day == day).values(values)
+    )
+    return result.rowcount > 0
