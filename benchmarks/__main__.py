@@ -2,10 +2,11 @@
 
 import sys
 
-from benchmarks import portal_pages
+from benchmarks import ingest, portal_pages
 
 BENCHMARKS = {
     "portal-pages": portal_pages.main,
+    "ingest": ingest.main,
 }
 
 

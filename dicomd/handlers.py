@@ -16,12 +16,15 @@ from pathlib import Path
 
 from pynetdicom import evt
 from pynetdicom.events import Event
+from sqlalchemy.orm import Session
 
-from dicomd import policy
-from dicomd.policy import IdentityPolicy, Transport
-from dicomd.storage import InvalidDataset, SOPClassMismatch, StorageFailed, store_instance
+from dicomd import commitment, policy, query, retrieve
+from dicomd.limits import AssociationLimits, LimitExceeded
+from dicomd.policy import IdentityPolicy, RejectReason, Rejection, Transport
+from dicomd.storage import InvalidDataset, SOPClassMismatch, StorageFailed, remove_instance, store_instance, take_receive_failure
 from dicomd.tls import TlsSession, session_of
 from dicomd.usage import Peer, UsageRecorder
+from portal.models import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +43,47 @@ STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_DATASET_MISMATCH = 0xA900
 # Storage, Error: Cannot understand (the range is 0xC000 to 0xCFFF).
 STATUS_CANNOT_UNDERSTAND = 0xC000
+# Query/Retrieve statuses, PS3.4 C.4.1.1.4, C.4.2.1.5 and C.4.3.1.4.
+# Pending: a C-FIND match follows, or a C-GET or C-MOVE sub-operation is next.
+STATUS_PENDING = 0xFF00
+# Cancel: a C-CANCEL request stopped the matches or sub-operations.
+STATUS_CANCEL = 0xFE00
+# Failure: Identifier does not match SOP Class (a missing or invalid level or unique key).
+STATUS_IDENTIFIER_MISMATCH = 0xA900
+# C-MOVE Failure: Refused: Move Destination unknown.
+STATUS_MOVE_DESTINATION_UNKNOWN = 0xA801
+# Failure: Unable to process (C-FIND 0xC000 to 0xCFFF).
+STATUS_UNABLE_TO_PROCESS = 0xC001
+# N-ACTION failures of PS3.7 Annex C: Missing Attribute, and No Such Action.
+STATUS_MISSING_ATTRIBUTE = 0x0120
+STATUS_NO_SUCH_ACTION = 0x0123
 
 # A-ASSOCIATE-RJ sent when the policy cannot be evaluated (the database is
 # unreachable): rejected-transient, service-user, no reason given,
 # so the device retries later.
 TRANSIENT_REJECTION = (0x02, 0x01, 0x01)
+# A-ASSOCIATE-RJ for an association over dicomd's limits: rejected-transient,
+# service-provider (presentation related function), reason 2, local-limit-exceeded (PS3.8 9.3.4).
+LOCAL_LIMIT_REJECTION = (0x02, 0x03, 0x02)
 
 REASON_OPERATION_NOT_PERMITTED = "operation_not_permitted"
 REASON_INVALID_DATASET = "invalid_dataset"
 REASON_STORAGE_FAILED = "storage_failed"
+REASON_MOVE_DESTINATION_UNKNOWN = "move_destination_unknown"
+
+# Query/Retrieve information models by SOP Class UID (PS3.4 C.6).
+QR_MODELS = {
+    "1.2.840.10008.5.1.4.1.2.1.1": "PATIENT",
+    "1.2.840.10008.5.1.4.1.2.1.2": "PATIENT",
+    "1.2.840.10008.5.1.4.1.2.1.3": "PATIENT",
+    "1.2.840.10008.5.1.4.1.2.2.1": "STUDY",
+    "1.2.840.10008.5.1.4.1.2.2.2": "STUDY",
+    "1.2.840.10008.5.1.4.1.2.2.3": "STUDY",
+}
+
+# Seconds to wait for the N-ACTION response to go out before sending the
+# storage commitment report on the same association.
+COMMITMENT_RESPONSE_WAIT_SECONDS = 10
 
 
 @dataclass
@@ -61,9 +96,19 @@ class AssociationState:
     identity: IdentityPolicy
     operations: Counter = field(default_factory=Counter)
     aborted: bool = False
+    # The slot this association holds in the shared association table, if any.
+    limit_slot: int | None = None
 
     def __str__(self) -> str:
         return f"association {self.record_id} from {self.calling_ae_title} at {_address(self.peer)}"
+
+
+# The largest PDU accepted from a peer. dicomd announces a maximum P-DATA PDU
+# length of 1 MiB (MAXIMUM_PDU_BYTES in dicomd.listener); this bound leaves
+# room for peers that exceed it and for large A-ASSOCIATE-RQ PDUs. pynetdicom
+# (3.0) keeps reading up to any declared length, so a larger declared length
+# closes the connection before memory grows with it.
+MAX_RECEIVED_PDU_BYTES = 4 * 1024 * 1024
 
 
 # Seconds to wait after a closed connection for pynetdicom's abort or release event.
@@ -81,22 +126,37 @@ class ListenerHandlers:
         storage_dir: Path,
         transport: Transport,
         local_port: int,
+        settings=None,
+        limits: AssociationLimits | None = None,
+        worker_number: int = 1,
     ):
+        # Settings are needed for outgoing TLS associations only.
+        self.settings = settings
         self.recorder = recorder
         self.own_ae_title = own_ae_title
         self.storage_dir = storage_dir
         self.transport = transport
         self.local_port = local_port
+        self.limits = limits
+        self.worker_number = worker_number
         self._states: dict[object, AssociationState] = {}
+        # Connections whose A-ASSOCIATE-RQ has not reached handle_requested
+        # yet, with their peer and open time; one entry per open connection.
+        self._connections: dict[object, tuple[Peer, object]] = {}
         self._lock = threading.Lock()
 
     def bindings(self) -> list[tuple]:
         """Return the `evt_handlers` list for `AE.make_server`."""
         return [
+            (evt.EVT_CONN_OPEN, self.handle_conn_open),
             (evt.EVT_REQUESTED, self.handle_requested),
             (evt.EVT_REJECTED, self.handle_rejected),
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_C_STORE, self.handle_store),
+            (evt.EVT_C_FIND, self.handle_find),
+            (evt.EVT_C_GET, self.handle_get),
+            (evt.EVT_C_MOVE, self.handle_move),
+            (evt.EVT_N_ACTION, self.handle_n_action),
             (evt.EVT_RELEASED, self.handle_released),
             (evt.EVT_ABORTED, self.handle_aborted),
             (evt.EVT_CONN_CLOSE, self.handle_conn_close),
@@ -109,6 +169,8 @@ class ListenerHandlers:
         this handler, so the rejection is recorded here.
         """
         assoc = event.assoc
+        with self._lock:
+            self._connections.pop(assoc, None)
         request = assoc.requestor.primitive
         calling = (request.calling_ae_title or "").strip(" ")
         called = (request.called_ae_title or "").strip(" ")
@@ -121,6 +183,7 @@ class ListenerHandlers:
         )
         presented = peer.tls.client_certificate_fingerprint if peer.tls else None
 
+        limit_slot = None
         try:
             identity = self.recorder.load_identity(calling)
             rejection = policy.decide_association(
@@ -133,6 +196,8 @@ class ListenerHandlers:
                 client_certificate_fingerprint=presented,
                 certificate_owner_id=self.recorder.find_certificate_owner(presented),
             )
+            if rejection is None:
+                limit_slot, rejection = self._reserve_slot(identity)
             record_id = self.recorder.record_request(
                 calling_ae_title=calling,
                 called_ae_title=called,
@@ -145,6 +210,8 @@ class ListenerHandlers:
                 "association from %s at %s to %s: the policy could not be evaluated; rejecting it as transient",
                 calling, _address(peer), called,
             )
+            if limit_slot is not None:
+                self.limits.release(limit_slot)
             assoc.acse.send_reject(*TRANSIENT_REJECTION)
             assoc.kill()
             return
@@ -158,7 +225,10 @@ class ListenerHandlers:
             assoc.kill()
             return
 
-        state = AssociationState(record_id=record_id, calling_ae_title=calling, peer=peer, identity=identity)
+        state = AssociationState(record_id=record_id, calling_ae_title=calling, peer=peer, identity=identity,
+                                 limit_slot=limit_slot)
+        if limit_slot is not None:
+            self.limits.attach_record(limit_slot, record_id)
         with self._lock:
             self._states[assoc] = state
         log.info("%s to %s accepted (%s)", state, called, _describe_transport(peer))
@@ -170,13 +240,27 @@ class ListenerHandlers:
             event.assoc.requestor.ae_title, _address_of(event.assoc),
         )
 
+    def handle_conn_open(self, event: Event) -> None:
+        """Note a new connection, so that one which ends before a decodable A-ASSOCIATE-RQ is still recorded."""
+        assoc = event.assoc
+        peer = Peer(
+            address=assoc.requestor.address,
+            port=assoc.requestor.port,
+            local_port=self.local_port,
+            transport=self.transport,
+            tls=tls_session_of(assoc) if self.transport is Transport.TLS else None,
+        )
+        watch = ConnectionWatch(assoc)
+        with self._lock:
+            self._connections[assoc] = (peer, utcnow(), watch)
+
     def handle_echo(self, event: Event) -> int:
         """Return the C-ECHO status: success if the identity may send C-ECHO, else not authorized."""
         state = self._state(event)
         if state is None:
             return STATUS_PROCESSING_FAILURE
 
-        if not policy.is_operation_permitted(state.identity, "echo"):
+        if not self._permits(state, "echo"):
             return self._refuse(state, "echo")
 
         state.operations["echo"] += 1
@@ -194,10 +278,14 @@ class ListenerHandlers:
         if state is None:
             return STATUS_PROCESSING_FAILURE
 
-        if not policy.is_operation_permitted(state.identity, "store"):
+        if not self._permits(state, "store"):
             return self._refuse(state, "store")
 
         request = event.request
+        receive_failure = take_receive_failure(event.dataset_path)
+        if receive_failure is not None:
+            error = StorageFailed(f"receiving SOP instance {request.AffectedSOPInstanceUID} failed: {receive_failure}")
+            return self._fail(state, "store_failed", REASON_STORAGE_FAILED, error, STATUS_OUT_OF_RESOURCES)
         try:
             stored = store_instance(
                 event.dataset_path,
@@ -223,10 +311,17 @@ class ListenerHandlers:
                 stored=stored,
             )
         except Exception:
-            # The file is durable but not indexed. A failure status makes the
-            # device send it again, and the duplicate then gets indexed.
+            # An instance is acknowledged only with its index rows. The file
+            # this request placed is removed again, and the failure status
+            # makes the device send it later. A file that was already there
+            # (a duplicate) is kept, because another request may have indexed it.
             log.exception("%s: indexing %s failed", state, stored.relative_path)
             state.operations["store_failed"] += 1
+            # NOTE: if another association stores the same instance at this
+            # moment, sees this file as a duplicate and indexes it before the
+            # removal, its acknowledged copy is removed here.
+            if not stored.duplicate:
+                self._remove_unindexed(state, stored.relative_path)
             return STATUS_OUT_OF_RESOURCES
 
         state.operations["store"] += 1
@@ -238,6 +333,170 @@ class ListenerHandlers:
             ", duplicate kept" if stored.duplicate else "",
         )
         return STATUS_SUCCESS
+
+    def handle_find(self, event: Event):
+        """Yield a pending response per matching record, then pynetdicom sends the final status.
+
+        Yields STATUS_NOT_AUTHORIZED, STATUS_IDENTIFIER_MISMATCH for an
+        invalid level, STATUS_UNABLE_TO_PROCESS when the index cannot be
+        read, or STATUS_CANCEL after a C-CANCEL request.
+        """
+        state = self._state(event)
+        if state is None:
+            yield STATUS_PROCESSING_FAILURE, None
+            return
+        if not self._permits(state, "find"):
+            yield self._refuse(state, "find"), None
+            return
+
+        model = QR_MODELS.get(str(event.request.AffectedSOPClassUID), "STUDY")
+        try:
+            find_query = query.parse_identifier(event.identifier, model)
+            with Session(self.recorder.engine) as session:
+                records = query.find_records(session, find_query)
+        except query.InvalidQuery as error:
+            log.warning("%s: C-FIND identifier is invalid: %s", state, error)
+            state.operations["find_invalid"] += 1
+            yield STATUS_IDENTIFIER_MISMATCH, None
+            return
+        except Exception:
+            log.exception("%s: C-FIND failed", state)
+            state.operations["find_failed"] += 1
+            yield STATUS_UNABLE_TO_PROCESS, None
+            return
+
+        state.operations["find"] += 1
+        log.info("%s: C-FIND at %s level matched %d records", state, find_query.level, len(records))
+        for record in records:
+            if event.is_cancelled:
+                log.info("%s: C-FIND cancelled by the peer", state)
+                yield STATUS_CANCEL, None
+                return
+            yield STATUS_PENDING, query.response_identifier(find_query, record, self.own_ae_title)
+
+    def handle_get(self, event: Event):
+        """Yield the number of instances, then one pending (status, data set) per C-STORE sub-operation.
+
+        pynetdicom sends each file over this association and keeps the
+        remaining, completed, failed and warning counts of the responses.
+        """
+        state = self._state(event)
+        if state is None:
+            yield 1
+            yield STATUS_PROCESSING_FAILURE, None
+            return
+        if not self._permits(state, "get"):
+            yield 1
+            yield self._refuse(state, "get"), None
+            return
+
+        items, status = self._retrieve_items(state, event, "get")
+        if status is not None:
+            yield 1
+            yield status, None
+            return
+
+        state.operations["get"] += 1
+        log.info("%s: C-GET of %d instances", state, len(items))
+        yield len(items)
+        for item in items:
+            if event.is_cancelled:
+                log.info("%s: C-GET cancelled by the peer", state)
+                yield STATUS_CANCEL, None
+                return
+            yield STATUS_PENDING, retrieve.load_dataset(item)
+
+    def handle_move(self, event: Event):
+        """Yield the destination's address, the number of instances, then one (status, data set) per sub-operation.
+
+        The destination is the enabled identity whose AE title is the Move
+        Destination and which has a retrieve address; any other gets
+        STATUS_MOVE_DESTINATION_UNKNOWN.
+        """
+        state = self._state(event)
+        if state is None:
+            yield _final_move_status(event, STATUS_PROCESSING_FAILURE)
+            return
+        if not self._permits(state, "move"):
+            yield _final_move_status(event, self._refuse(state, "move"))
+            return
+
+        destination_title = str(event.move_destination or "").strip(" \0")
+        try:
+            destination = self.recorder.load_remote_ae(destination_title)
+        except Exception:
+            log.exception("%s: looking up the move destination %r failed", state, destination_title)
+            state.operations["move_failed"] += 1
+            yield _final_move_status(event, STATUS_PROCESSING_FAILURE)
+            return
+        if destination is None:
+            detail = f"{destination_title!r} is not an enabled identity with a retrieve address"
+            self._fail(state, "move_unknown_destination", REASON_MOVE_DESTINATION_UNKNOWN,
+                       ValueError(detail), STATUS_MOVE_DESTINATION_UNKNOWN)
+            # pynetdicom answers an unknown address with 0xA801.
+            yield None, None
+            return
+
+        items, status = self._retrieve_items(state, event, "move")
+        if status is None:
+            try:
+                options = {
+                    **retrieve.association_options(destination, self.settings),
+                    "contexts": retrieve.presentation_contexts(items) if items else None,
+                }
+            except Exception:
+                log.exception("%s: preparing the association to %s failed", state, destination.ae_title)
+                state.operations["move_failed"] += 1
+                status = STATUS_UNABLE_TO_PROCESS
+        if status is not None:
+            yield _final_move_status(event, status)
+            return
+
+        state.operations["move"] += 1
+        log.info("%s: C-MOVE of %d instances to %s at %s:%s%s", state, len(items), destination.ae_title,
+                 destination.host, destination.port, " over TLS" if destination.use_tls else "")
+        yield destination.host, destination.port, options
+        yield len(items)
+        for item in items:
+            if event.is_cancelled:
+                log.info("%s: C-MOVE cancelled by the peer", state)
+                yield STATUS_CANCEL, None
+                return
+            yield STATUS_PENDING, retrieve.load_dataset(item)
+
+    def handle_n_action(self, event: Event):
+        """Check a storage commitment request, return its N-ACTION status and send the N-EVENT-REPORT.
+
+        The report goes over this association once the N-ACTION response is
+        sent, or over a new association to the identity's retrieve address
+        when this one has ended.
+        """
+        state = self._state(event)
+        if state is None:
+            return STATUS_PROCESSING_FAILURE, None
+        if not self._permits(state, "commit"):
+            return self._refuse(state, "commit"), None
+        if event.action_type != commitment.ACTION_REQUEST_COMMITMENT:
+            state.operations["commit_invalid"] += 1
+            return STATUS_NO_SUCH_ACTION, None
+
+        try:
+            with Session(self.recorder.engine) as session:
+                result = commitment.check_commitment(session, self.storage_dir, event.action_information)
+        except commitment.InvalidCommitmentRequest as error:
+            log.warning("%s: storage commitment request is invalid: %s", state, error)
+            state.operations["commit_invalid"] += 1
+            return STATUS_MISSING_ATTRIBUTE, None
+        except Exception:
+            log.exception("%s: checking a storage commitment request failed", state)
+            state.operations["commit_failed"] += 1
+            return STATUS_PROCESSING_FAILURE, None
+
+        state.operations["commit"] += 1
+        log.info("%s: storage commitment %s: %d committed, %d failed", state,
+                 result.information.TransactionUID, result.committed, result.failed)
+        self._start_commitment_report(event, state, result)
+        return STATUS_SUCCESS, None
 
     def handle_released(self, event: Event) -> None:
         self._finish(event, aborted=False)
@@ -259,8 +518,14 @@ class ListenerHandlers:
     def _finish(self, event: Event, *, aborted: bool) -> None:
         with self._lock:
             state = self._states.pop(event.assoc, None)
+            connection = self._connections.pop(event.assoc, None)
+        remove_partial_dataset(event.assoc)
+        if connection is not None:
+            self._record_invalid_request(*connection)
         if state is None:
             return
+        if state.limit_slot is not None:
+            self.limits.release(state.limit_slot)
 
         operations = dict(state.operations)
         log.info("%s %s: %s", state, "aborted" if aborted else "ended", operations or "no requests")
@@ -269,12 +534,145 @@ class ListenerHandlers:
         except Exception:
             log.exception("%s: recording the end of the association failed", state)
 
+    def _reserve_slot(self, identity: IdentityPolicy) -> tuple[int | None, Rejection | None]:
+        """Take a slot in the association table; return (slot, None), or (None, a local-limit rejection)."""
+        if self.limits is None:
+            return None, None
+        try:
+            return self.limits.reserve(self.worker_number, identity.identity_id), None
+        except LimitExceeded as error:
+            return None, Rejection(RejectReason.LOCAL_LIMIT_EXCEEDED, *LOCAL_LIMIT_REJECTION, detail=str(error))
+
+    def _record_invalid_request(self, peer: Peer, opened_at, watch: ConnectionWatch) -> None:
+        """Record a connection that ended before handle_requested saw its A-ASSOCIATE-RQ.
+
+        A connection closed before its first byte, such as a load balancer's
+        health check, is not recorded.
+        """
+        if not watch.received_data:
+            return
+        if watch.oversized_pdu is not None:
+            detail = (f"the peer declared a PDU of {watch.oversized_pdu} bytes, more than the "
+                      f"{MAX_RECEIVED_PDU_BYTES} accepted; the connection was closed")
+        else:
+            detail = ("the connection ended before a decodable A-ASSOCIATE-RQ arrived: a malformed PDU, "
+                      "an undecodable AE title, or no complete request within the ACSE timeout")
+        log.warning("connection from %s: %s", _address(peer), detail)
+        try:
+            self.recorder.record_connection_failure(peer, RejectReason.INVALID_ASSOCIATION_REQUEST, detail, opened_at)
+        except Exception:
+            log.exception("connection from %s: recording the invalid association request failed", _address(peer))
+
     def _state(self, event: Event) -> AssociationState | None:
         with self._lock:
             state = self._states.get(event.assoc)
         if state is None:
             log.error("a request arrived from %s on an association with no record", _address_of(event.assoc))
         return state
+
+    def _permits(self, state: AssociationState, operation: str) -> bool:
+        """Return whether the identity may send `operation` now, reading its permissions again for each request.
+
+        When the database cannot be read, the permissions read at the
+        association request apply.
+        """
+        try:
+            current = self.recorder.load_identity(state.calling_ae_title)
+        except Exception:
+            log.exception("%s: reading the identity again failed; using its permissions from the association request", state)
+            current = state.identity
+        if current is None or not current.enabled or current.identity_id != state.identity.identity_id:
+            return False
+        return policy.is_operation_permitted(current, operation)
+
+    def _retrieve_items(self, state: AssociationState, event: Event, operation: str):
+        """Return (instances, None) for a C-GET or C-MOVE identifier, or (None, status) when it fails."""
+        model = QR_MODELS.get(str(event.request.AffectedSOPClassUID), "STUDY")
+        try:
+            retrieve_query = retrieve.parse_retrieve_identifier(event.identifier, model)
+            with Session(self.recorder.engine) as session:
+                return retrieve.find_instances(session, retrieve_query, self.storage_dir), None
+        except query.InvalidQuery as error:
+            log.warning("%s: %s identifier is invalid: %s", state, operation.upper(), error)
+            state.operations[f"{operation}_invalid"] += 1
+            return None, STATUS_IDENTIFIER_MISMATCH
+        except Exception:
+            log.exception("%s: finding the instances of a %s request failed", state, operation.upper())
+            state.operations[f"{operation}_failed"] += 1
+            return None, STATUS_UNABLE_TO_PROCESS
+
+    def _start_commitment_report(self, event: Event, state: AssociationState, result) -> None:
+        """Send the storage commitment report from its own thread, after the N-ACTION response."""
+        assoc = event.assoc
+        response_sent = threading.Event()
+
+        def on_sent(sent: Event) -> None:
+            if type(sent.message).__name__ == "N_ACTION_RSP":
+                response_sent.set()
+
+        assoc.bind(evt.EVT_DIMSE_SENT, on_sent)
+        thread = threading.Thread(
+            target=self._send_commitment_report,
+            args=(assoc, state, result, response_sent, on_sent),
+            name=f"commitment-report-{state.record_id}",
+            daemon=True,
+        )
+        thread.start()
+
+    def _send_commitment_report(self, assoc, state: AssociationState, result, response_sent, on_sent) -> None:
+        response_sent.wait(COMMITMENT_RESPONSE_WAIT_SECONDS)
+        assoc.unbind(evt.EVT_DIMSE_SENT, on_sent)
+        transaction = result.information.TransactionUID
+        try:
+            if assoc.is_established:
+                status, _ = assoc.send_n_event_report(
+                    result.information, result.event_type,
+                    commitment.STORAGE_COMMITMENT_PUSH_MODEL, commitment.STORAGE_COMMITMENT_INSTANCE_UID,
+                )
+                if "Status" in status:
+                    log.info("%s: storage commitment report %s sent, status 0x%04X",
+                             state, transaction, status.Status)
+                    return
+                log.warning("%s: the storage commitment report %s got no response; sending it on a new association",
+                            state, transaction)
+            self._send_report_on_new_association(assoc.ae, state, result)
+        except Exception:
+            log.exception("%s: sending the storage commitment report %s failed", state, transaction)
+
+    def _send_report_on_new_association(self, ae, state: AssociationState, result) -> None:
+        transaction = result.information.TransactionUID
+        remote = self.recorder.load_remote_ae(state.calling_ae_title)
+        if remote is None:
+            log.error("%s: the storage commitment report %s cannot be sent: the identity has no retrieve address",
+                      state, transaction)
+            return
+
+        association = ae.associate(
+            remote.host, remote.port,
+            contexts=[commitment.report_context()],
+            ext_neg=[commitment.report_role()],
+            **retrieve.association_options(remote, self.settings),
+        )
+        if not association.is_established:
+            log.error("%s: the storage commitment report %s was not sent: no association with %s at %s:%s",
+                      state, transaction, remote.ae_title, remote.host, remote.port)
+            return
+        try:
+            status, _ = association.send_n_event_report(
+                result.information, result.event_type,
+                commitment.STORAGE_COMMITMENT_PUSH_MODEL, commitment.STORAGE_COMMITMENT_INSTANCE_UID,
+            )
+            log.info("%s: storage commitment report %s sent to %s at %s:%s, status %s", state, transaction,
+                     remote.ae_title, remote.host, remote.port,
+                     f"0x{status.Status:04X}" if "Status" in status else "none")
+        finally:
+            association.release()
+
+    def _remove_unindexed(self, state: AssociationState, relative_path: str) -> None:
+        try:
+            remove_instance(self.storage_dir, relative_path)
+        except OSError:
+            log.exception("%s: removing the unindexed file %s failed", state, relative_path)
 
     def _refuse(self, state: AssociationState, operation: str) -> int:
         log.warning("%s: %s is not permitted for this identity", state, operation)
@@ -293,6 +691,68 @@ class ListenerHandlers:
             self.recorder.record_failure(state.record_id, reason, detail)
         except Exception:
             log.exception("%s: recording %s failed", state, reason)
+
+
+def _final_move_status(event: Event, status: int):
+    """Make pynetdicom send `status` as the final C-MOVE response, and return the destination to yield for it.
+
+    pynetdicom (3.0) lets a C-MOVE handler end a request before any
+    sub-operation only with 0xA801, by yielding an unknown destination. Its
+    next response on this association is rewritten to carry `status`.
+    """
+    dimse = event.assoc.dimse
+    send_msg = dimse.send_msg
+
+    def send_with_status(message, context_id):
+        dimse.send_msg = send_msg
+        message.Status = status
+        send_msg(message, context_id)
+
+    dimse.send_msg = send_with_status
+    return None, None
+
+
+class ConnectionWatch:
+    """Wraps the `recv` of a connection's pynetdicom socket: notes that data arrived and bounds PDU lengths.
+
+    pynetdicom's DUL reads a PDU's 6-byte header, then calls `recv` with the
+    declared length of the rest, so that argument is the declared length.
+    """
+
+    def __init__(self, assoc):
+        self.received_data = False
+        self.oversized_pdu: int | None = None
+        self._recv = assoc.dul.socket.recv
+        assoc.dul.socket.recv = self.recv
+
+    def recv(self, nr_bytes: int):
+        if nr_bytes > MAX_RECEIVED_PDU_BYTES:
+            self.oversized_pdu = nr_bytes
+            # pynetdicom treats an OSError from recv as a closed connection.
+            raise OSError(f"declared PDU length {nr_bytes} exceeds {MAX_RECEIVED_PDU_BYTES} bytes")
+        data = self._recv(nr_bytes)
+        if data:
+            self.received_data = True
+        return data
+
+
+def remove_partial_dataset(assoc) -> None:
+    """Remove the temporary file of a C-STORE data set that was still arriving when the association ended.
+
+    pynetdicom (3.0) writes an incoming data set to a temporary file and
+    leaves that file behind when the association aborts mid-transfer.
+    """
+    message = getattr(assoc.dimse, "message", None)
+    partial = getattr(message, "_data_set_file", None)
+    if partial is None:
+        return
+    try:
+        partial.close()
+        Path(partial.name).unlink(missing_ok=True)
+    except OSError:
+        log.exception("removing the partial data set %s from %s failed", partial.name, _address_of(assoc))
+        return
+    log.info("removed the partial data set %s of the association from %s", partial.name, _address_of(assoc))
 
 
 def tls_session_of(assoc) -> TlsSession | None:

@@ -18,13 +18,23 @@ from multiprocessing.synchronize import Event as ProcessEvent
 
 from pydicom import uid
 from pynetdicom import AE, AllStoragePresentationContexts, _config
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StorageCommitmentPushModel,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomd import configure_logging
 from dicomd.handlers import ListenerHandlers
 from dicomd.policy import Transport
-from dicomd.storage import INCOMING_DIR_NAME
+from dicomd.limits import AssociationLimits
+from dicomd.storage import install_receiving_file, prepare_worker_incoming
 from dicomd.tls import ServerTls, describe_handshake_error, handshake
 from dicomd.usage import Peer, UsageRecorder
 from portal.database import make_engine
@@ -34,9 +44,12 @@ log = logging.getLogger(__name__)
 
 # Instances are stored in the transfer syntax they arrive in, never re-encoded,
 # so every syntax listed here is accepted without needing a codec.
+# pynetdicom accepts the first syntax of this list that the requestor proposes,
+# so explicit VR comes first: it keeps each element's VR, and C-GET sends
+# stored instances back without converting them.
 TRANSFER_SYNTAXES = [
-    uid.ImplicitVRLittleEndian,
     uid.ExplicitVRLittleEndian,
+    uid.ImplicitVRLittleEndian,
     uid.ExplicitVRBigEndian,
     uid.DeflatedExplicitVRLittleEndian,
     uid.JPEGBaseline8Bit,
@@ -50,9 +63,23 @@ TRANSFER_SYNTAXES = [
     uid.RLELossless,
 ]
 
-# Seconds that open associations get to finish after a stop request before
-# they are aborted. The supervisor waits longer than this for a worker.
-ASSOCIATION_GRACE_SECONDS = 10
+# The maximum PDU length that this AE receives (pynetdicom's default is 16,382 bytes).
+MAXIMUM_PDU_BYTES = 1024 * 1024
+
+QUERY_RETRIEVE_MODELS = [
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+]
+
+# pynetdicom's own association limit per worker process, above dicomd's
+# DICOMD_MAX_ASSOCIATIONS so that dicomd's check, which records the rejection,
+# applies first. Connections that have not sent an A-ASSOCIATE-RQ yet count
+# towards pynetdicom's limit but not dicomd's, hence the margin.
+PYNETDICOM_LIMIT_MARGIN = 16
 
 
 @dataclass
@@ -73,6 +100,8 @@ class WorkerSpec:
     log_level: str
     pynetdicom_log_level: str
     ready: ProcessEvent
+    # The association table shared by all workers; None disables the limits.
+    limits: AssociationLimits | None = None
 
 
 class InheritedSocketServer(ThreadedAssociationServer):
@@ -95,6 +124,13 @@ class InheritedSocketServer(ThreadedAssociationServer):
     def server_activate(self) -> None:
         """Do nothing: the supervisor already called listen()."""
 
+    def get_request(self) -> tuple[socket.socket, tuple]:
+        connection, address = self.socket.accept()
+        # A C-STORE response is one small segment; without TCP_NODELAY it can
+        # wait for the peer's delayed ACK (about 40 ms on Linux).
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return connection, address
+
     def server_close(self) -> None:
         # pynetdicom's server_close() calls shutdown() on the listening socket,
         # which would stop the other workers sharing it; closing this process's
@@ -115,9 +151,6 @@ class TLSSocketServer(InheritedSocketServer):
         self.tls = tls
         self.recorder = recorder
         super().__init__(*args, **kwargs)
-
-    def get_request(self) -> tuple[socket.socket, tuple]:
-        return self.socket.accept()
 
     def process_request_thread(self, request: socket.socket, client_address) -> None:
         try:
@@ -164,13 +197,17 @@ def run_worker(spec: WorkerSpec) -> None:
     # (event.dataset_path) instead of memory. That file goes to the storage
     # volume, because /tmp may be memory-backed and instances reach hundreds of MB.
     _config.STORE_RECV_CHUNKED_DATASET = True
-    tempfile.tempdir = str(settings.storage_dir / INCOMING_DIR_NAME)
+    install_receiving_file()
+    tempfile.tempdir = str(prepare_worker_incoming(settings.storage_dir, spec.number))
 
     engine = make_engine(settings.database_url)
     recorder = UsageRecorder(engine)
     ae = build_ae(settings)
     tls = ServerTls(settings) if any(listener.transport is Transport.TLS for listener in spec.listeners) else None
-    servers = [start_server(ae, listener, recorder, settings, tls) for listener in spec.listeners]
+    servers = [
+        start_server(ae, listener, recorder, settings, tls, limits=spec.limits, worker_number=spec.number)
+        for listener in spec.listeners
+    ]
     log.info("worker %d ready", spec.number)
     spec.ready.set()
 
@@ -186,25 +223,40 @@ def run_worker(spec: WorkerSpec) -> None:
     log.info("worker %d stopping: no new associations are accepted", spec.number)
     for server in servers:
         server.shutdown()
-    finish_associations(ae)
+    finish_associations(ae, settings.dicomd_stop_grace_seconds)
     engine.dispose()
     log.info("worker %d stopped", spec.number)
 
 
 def build_ae(settings: Settings) -> AE:
-    """Return an AE that accepts Verification and every storage SOP class in pynetdicom's list."""
+    """Return an AE for Verification, every storage SOP class in pynetdicom's list, query/retrieve and storage commitment."""
     ae = AE(ae_title=settings.dicom_ae_title)
     ae.add_supported_context(Verification)
+    # Both roles are accepted for storage, because a C-GET requestor proposes
+    # the SCP role for the SOP classes it retrieves.
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
+        ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
+    for model in QUERY_RETRIEVE_MODELS:
+        ae.add_supported_context(model)
+    ae.add_supported_context(StorageCommitmentPushModel)
     # The called AE title is checked by the policy, which records the rejection.
     ae.require_called_aet = False
     ae.require_calling_aet = []
+    # Larger P-DATA PDUs from the sender mean fewer PDUs for pynetdicom to
+    # decode in Python, its main cost per instance. Each association holds
+    # about one PDU in memory at a time.
+    ae.maximum_pdu_size = MAXIMUM_PDU_BYTES
+    # ACSE: the ARTIM timer, the wait for an A-ASSOCIATE-RQ and a release
+    # answer. A silent or slow peer only holds its own thread until then.
+    ae.acse_timeout = settings.dicom_acse_timeout
+    ae.dimse_timeout = settings.dicom_dimse_timeout
+    ae.network_timeout = settings.dicom_network_timeout
+    ae.maximum_associations = settings.dicomd_max_associations + PYNETDICOM_LIMIT_MARGIN
     return ae
 
 
 def start_server(ae: AE, listener: ListenerSocket, recorder: UsageRecorder, settings: Settings,
-                 tls: ServerTls | None = None):
+                 tls: ServerTls | None = None, *, limits: AssociationLimits | None = None, worker_number: int = 1):
     """Start a pynetdicom server thread accepting on `listener`; a TLS listener needs `tls`."""
     local_port = listener.socket.getsockname()[1]
     handlers = ListenerHandlers(
@@ -213,6 +265,9 @@ def start_server(ae: AE, listener: ListenerSocket, recorder: UsageRecorder, sett
         storage_dir=settings.storage_dir,
         transport=listener.transport,
         local_port=local_port,
+        settings=settings,
+        limits=limits,
+        worker_number=worker_number,
     )
     if listener.transport is Transport.TLS:
         server_options = {"server_class": TLSSocketServer, "tls": tls, "recorder": recorder}
@@ -234,23 +289,23 @@ def start_server(ae: AE, listener: ListenerSocket, recorder: UsageRecorder, sett
     return server
 
 
-def finish_associations(ae: AE) -> None:
+def finish_associations(ae: AE, grace_seconds: float) -> None:
     """Wait for established associations to end, then abort every association still open.
 
     Connections that have not sent an A-ASSOCIATE-RQ yet are not waited for,
     because pynetdicom would otherwise keep them until its ACSE timeout.
     """
-    deadline = time.monotonic() + ASSOCIATION_GRACE_SECONDS
+    deadline = time.monotonic() + grace_seconds
     while time.monotonic() < deadline and any(assoc.is_established for assoc in ae.active_associations):
         time.sleep(0.1)
 
     for association in ae.active_associations:
         if association.is_established:
             log.warning(
-                "aborting the association from %s at %s:%s, still open %d seconds after the stop request",
+                "aborting the association from %s at %s:%s, still open %g seconds after the stop request",
                 association.requestor.ae_title,
                 association.requestor.address,
                 association.requestor.port,
-                ASSOCIATION_GRACE_SECONDS,
+                grace_seconds,
             )
         association.abort()

@@ -38,6 +38,12 @@ class RejectReason(str, enum.Enum):
     CLIENT_CERTIFICATE_MISMATCH = "client_certificate_mismatch"
     # Recorded by the TLS listener itself: no A-ASSOCIATE-RQ was ever read.
     TLS_HANDSHAKE_FAILED = "tls_handshake_failed"
+    # Too many associations open, over this dicomd or for the identity.
+    LOCAL_LIMIT_EXCEEDED = "local_limit_exceeded"
+    # Recorded from connection events: the connection ended before dicomd saw
+    # a decodable A-ASSOCIATE-RQ (a malformed PDU, an undecodable AE title,
+    # or no request within the ACSE timeout).
+    INVALID_ASSOCIATION_REQUEST = "invalid_association_request"
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,10 @@
 
 A received instance is a DICOM Part 10 file that pynetdicom wrote while the
 C-STORE data set came in: the File Meta Information followed by the data set
-bytes in the negotiated transfer syntax. It is copied unchanged to
-`<storage>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm`;
-only the header elements needed for the path and the index are decoded.
+bytes in the negotiated transfer syntax. It is linked unchanged to
+`<storage>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm`, or
+copied when it comes from outside the incoming directory. Only the header
+elements needed for the path and the index are decoded.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,9 @@ log = logging.getLogger(__name__)
 # Incoming data sets are written here by pynetdicom before the handler runs,
 # so that large instances land on the storage volume rather than in /tmp.
 INCOMING_DIR_NAME = ".incoming"
+# Each worker receives into its own subdirectory `worker-<number>` of the
+# incoming directory, which it empties when it starts.
+WORKER_INCOMING_PREFIX = "worker-"
 
 # PS3.5 UID encoding rules: at most 64 characters; components of digits separated
 # by dots; no empty component; no leading zero unless the component is "0".
@@ -42,6 +47,16 @@ HEADER_TAGS = [
     Tag("StudyDescription"),
     Tag("StudyInstanceUID"),
     Tag("SeriesInstanceUID"),
+    # Indexed for C-FIND.
+    Tag("SpecificCharacterSet"),
+    Tag("PatientName"),
+    Tag("PatientID"),
+    Tag("PatientBirthDate"),
+    Tag("PatientSex"),
+    Tag("StudyID"),
+    Tag("SeriesNumber"),
+    Tag("SeriesDescription"),
+    Tag("InstanceNumber"),
 ]
 
 COPY_BUFFER_BYTES = 1024 * 1024
@@ -73,6 +88,14 @@ class InstanceHeader:
     study_time: str | None
     accession_number: str | None
     study_description: str | None
+    patient_name: str | None = None
+    patient_id: str | None = None
+    patient_birth_date: str | None = None
+    patient_sex: str | None = None
+    study_id: str | None = None
+    series_number: int | None = None
+    series_description: str | None = None
+    instance_number: int | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +144,14 @@ def read_header(path: Path) -> InstanceHeader:
             "study_time": _text(dataset, "StudyTime"),
             "accession_number": _text(dataset, "AccessionNumber"),
             "study_description": _text(dataset, "StudyDescription"),
+            "patient_name": _text(dataset, "PatientName"),
+            "patient_id": _text(dataset, "PatientID"),
+            "patient_birth_date": _text(dataset, "PatientBirthDate"),
+            "patient_sex": _text(dataset, "PatientSex"),
+            "study_id": _text(dataset, "StudyID"),
+            "series_number": _integer(dataset, "SeriesNumber"),
+            "series_description": _text(dataset, "SeriesDescription"),
+            "instance_number": _integer(dataset, "InstanceNumber"),
         }
     # pydicom raises many exception types on malformed input (InvalidDicomError,
     # ValueError, EOFError, struct.error, ...); each means the data set is undecodable.
@@ -175,6 +206,17 @@ def store_instance(
     return StoredInstance(header, relative_path, size_bytes, duplicate=duplicate)
 
 
+def remove_instance(storage_dir: Path, relative_path: str) -> None:
+    """Remove the instance at `relative_path` below `storage_dir` and fsync its directory.
+
+    For a file placed by `store_instance` whose index rows could not be
+    written, so that no unacknowledged instance stays at a final path.
+    """
+    final_path = storage_dir / relative_path
+    final_path.unlink(missing_ok=True)
+    _fsync_dir(final_path.parent)
+
+
 def prepare_storage_dir(storage_dir: Path) -> Path:
     """Create the storage directory and an empty incoming directory inside it.
 
@@ -184,10 +226,10 @@ def prepare_storage_dir(storage_dir: Path) -> Path:
     """
     incoming = storage_dir / INCOMING_DIR_NAME
     incoming.mkdir(parents=True, exist_ok=True)
-    for leftover in incoming.iterdir():
-        if leftover.is_file():
-            log.warning("removing %s, left over from an interrupted transfer", leftover)
-            leftover.unlink()
+    _remove_leftovers(incoming)
+    for worker_dir in incoming.glob(f"{WORKER_INCOMING_PREFIX}*"):
+        if worker_dir.is_dir():
+            _remove_leftovers(worker_dir)
 
     probe_fd, probe_path = tempfile.mkstemp(dir=incoming, prefix=".probe-")
     os.close(probe_fd)
@@ -195,13 +237,42 @@ def prepare_storage_dir(storage_dir: Path) -> Path:
     return incoming
 
 
+def prepare_worker_incoming(storage_dir: Path, worker_number: int) -> Path:
+    """Create worker `worker_number`'s own incoming directory and remove the files left in it.
+
+    Files there belong to a previous worker with the same number, which the
+    supervisor restarts only after it exited, so none of them is still being written.
+    """
+    directory = storage_dir / INCOMING_DIR_NAME / f"{WORKER_INCOMING_PREFIX}{worker_number}"
+    directory.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(directory)
+    return directory
+
+
+def _remove_leftovers(directory: Path) -> None:
+    for leftover in directory.iterdir():
+        if leftover.is_file():
+            log.warning("removing %s, left over from an interrupted transfer", leftover)
+            leftover.unlink()
+
+
 def _write_durably(source: Path, final_path: Path, storage_dir: Path) -> bool:
     """Write `source` to `final_path` through an fsynced temporary file.
 
-    Returns True when another writer placed the same instance first, in which
-    case its copy is kept.
+    A file that pynetdicom received into the incoming directory already is
+    that temporary file, on the same file system, so it is fsynced and linked
+    into place without a copy. Any other source is copied first. Returns True
+    when another writer placed the same instance first, in which case its
+    copy is kept.
     """
     created_dirs = _make_dirs(final_path.parent, storage_dir)
+    if source.resolve().is_relative_to((storage_dir / INCOMING_DIR_NAME).resolve()):
+        _fsync_file(source)
+        # The link leaves the incoming name to its owner, pynetdicom, which removes it after the handler returns.
+        duplicate = _place(source, final_path)
+        _fsync_placed(final_path, created_dirs)
+        return duplicate
+
     temp_fd, temp_name = tempfile.mkstemp(dir=final_path.parent, prefix=".", suffix=".tmp")
     temp_path = Path(temp_name)
     try:
@@ -211,13 +282,18 @@ def _write_durably(source: Path, final_path: Path, storage_dir: Path) -> bool:
             os.fsync(target.fileno())
 
         duplicate = _place(temp_path, final_path)
-        _fsync_dir(final_path.parent)
-        # A new directory entry is durable only once its parent directory is fsynced.
-        for directory in created_dirs:
-            _fsync_dir(directory.parent)
+        _fsync_placed(final_path, created_dirs)
     finally:
         temp_path.unlink(missing_ok=True)
     return duplicate
+
+
+def _fsync_placed(final_path: Path, created_dirs: list[Path]) -> None:
+    """Fsync the directory of a newly placed file and the parents of the directories created for it."""
+    _fsync_dir(final_path.parent)
+    # A new directory entry is durable only once its parent directory is fsynced.
+    for directory in created_dirs:
+        _fsync_dir(directory.parent)
 
 
 def _place(temp_path: Path, final_path: Path) -> bool:
@@ -257,6 +333,14 @@ def _make_dirs(directory: Path, storage_dir: Path) -> list[Path]:
     return list(reversed(missing))
 
 
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -269,8 +353,18 @@ def _text(dataset, keyword: str) -> str | None:
     value = dataset.get(keyword)
     if value is None:
         return None
-    text = str(value).strip("\0 ")
+    # NUL bytes are padding in DICOM, and PostgreSQL cannot store them in text.
+    text = str(value).replace("\0", "").strip(" ")
     return text or None
+
+
+def _integer(dataset, keyword: str) -> int | None:
+    """Return an IS element's value, or None when it is empty or not a single integer."""
+    try:
+        value = dataset.get(keyword)
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _element_name(field: str) -> str:
@@ -281,3 +375,75 @@ def _element_name(field: str) -> str:
         "series_instance_uid": "Series Instance UID",
     }
     return names[field]
+
+
+# Paths of incoming data sets whose writing failed, with the error, until the
+# C-STORE handler takes them. Written by pynetdicom's receiving thread.
+_receive_failures: dict[str, str] = {}
+_receive_failures_lock = threading.Lock()
+
+
+class ReceivingFile:
+    """The temporary file pynetdicom (3.0) writes an incoming C-STORE data set to, made to survive a full disk.
+
+    pynetdicom lets an error from a write end the association, so the device
+    would get no status at all. Here the first failed write empties the file,
+    frees its space, notes the error for the handler and drops the rest of
+    the data set, so the handler can answer 0xA700 and the association goes on.
+    """
+
+    def __init__(self, *args, **kwargs):
+        self._file = tempfile.NamedTemporaryFile(*args, **kwargs)
+        self.name = self._file.name
+        self._failed = False
+
+    @property
+    def file(self) -> ReceivingFile:
+        return self
+
+    def write(self, data) -> int:
+        if not self._failed:
+            try:
+                return self._file.write(data)
+            except OSError as error:
+                self._fail(error)
+        return len(data)
+
+    def flush(self) -> None:
+        if not self._failed:
+            try:
+                self._file.flush()
+            except OSError as error:
+                self._fail(error)
+
+    def close(self) -> None:
+        try:
+            self._file.close()
+        except OSError as error:
+            self._fail(error)
+
+    def __getattr__(self, name):
+        return getattr(self._file, name)
+
+    def _fail(self, error: OSError) -> None:
+        self._failed = True
+        log.warning("writing the incoming data set %s failed: %s", self.name, error)
+        with _receive_failures_lock:
+            _receive_failures[self.name] = str(error)
+        try:
+            self._file.truncate(0)
+        except OSError:
+            pass
+
+
+def take_receive_failure(path) -> str | None:
+    """Return and forget the error of a failed write of the incoming data set at `path`, or None."""
+    with _receive_failures_lock:
+        return _receive_failures.pop(str(path), None)
+
+
+def install_receiving_file() -> None:
+    """Make pynetdicom write incoming data sets through ReceivingFile."""
+    from pynetdicom import dimse_messages
+
+    dimse_messages.NamedTemporaryFile = ReceivingFile

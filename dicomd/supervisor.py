@@ -21,10 +21,12 @@ from multiprocessing.synchronize import Event as ProcessEvent
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicomd.heartbeat import HEARTBEAT_INTERVAL_SECONDS, HeartbeatWriter
-from dicomd.listener import ASSOCIATION_GRACE_SECONDS, ListenerSocket, WorkerSpec, run_worker
+from dicomd.limits import AssociationLimits
+from dicomd.listener import ListenerSocket, WorkerSpec, run_worker
 from dicomd.policy import Transport
 from dicomd.storage import prepare_storage_dir
 from dicomd.tls import TlsConfigurationError, build_server_context
+from dicomd.usage import UsageRecorder
 from portal.certificates import TlsFiles, resolve_tls_files, tls_dir
 from portal.database import check_schema_current, make_engine
 from portal.settings import Settings
@@ -36,8 +38,9 @@ WORKER_READY_TIMEOUT_SECONDS = 60
 # A worker that exits unexpectedly sooner than this after its start is not
 # restarted, because it would most likely fail again at once.
 MIN_WORKER_UPTIME_SECONDS = 10
-# Seconds a worker gets to stop after SIGTERM before it is killed.
-WORKER_STOP_SECONDS = ASSOCIATION_GRACE_SECONDS + 10
+# Seconds a worker gets to stop after SIGTERM, beyond DICOMD_STOP_GRACE_SECONDS,
+# before it is killed.
+WORKER_STOP_MARGIN_SECONDS = 10
 LISTEN_BACKLOG = 128
 
 # Worker processes start from a fresh interpreter: forking a process that may
@@ -125,6 +128,12 @@ class Supervisor:
         self.workers: list[Worker] = []
         self._stop_requested = False
         self._reload_requested = False
+        self.limits = AssociationLimits.create(
+            _spawn,
+            maximum=settings.dicomd_max_associations,
+            maximum_per_identity=settings.dicomd_max_associations_per_identity,
+            workers=settings.dicomd_workers,
+        )
         self._engine = make_engine(settings.database_url)
         self.heartbeat = HeartbeatWriter(
             self._engine,
@@ -185,6 +194,7 @@ class Supervisor:
             log_level=self.log_level,
             pynetdicom_log_level=self.pynetdicom_log_level,
             ready=ready,
+            limits=self.limits,
         )
         process = _spawn.Process(target=run_worker, args=(spec,), name=f"dicomd-worker-{number}")
         process.start()
@@ -219,9 +229,23 @@ class Supervisor:
                 if uptime < MIN_WORKER_UPTIME_SECONDS:
                     log.error("worker %d failed %.1f seconds after its start; stopping dicomd", worker.number, uptime)
                     return 1
+                self._close_lost_associations(worker)
                 log.info("restarting worker %d", worker.number)
                 self.workers[index] = self._start_worker(worker.number)
         return 0
+
+    def _close_lost_associations(self, worker: Worker) -> None:
+        """Free the dead worker's association slots and record its open associations as aborted."""
+        association_ids = self.limits.clear_worker(worker.number)
+        if not association_ids:
+            return
+        detail = f"worker {worker.number} exited unexpectedly with status {worker.process.exitcode}"
+        log.warning("%s; recording its %d open association(s) as aborted: %s",
+                    detail, len(association_ids), association_ids)
+        try:
+            UsageRecorder(self._engine).record_lost(association_ids, detail)
+        except SQLAlchemyError:
+            log.exception("recording the associations of worker %d as aborted failed", worker.number)
 
     def _beat_if_due(self) -> None:
         now = time.monotonic()
@@ -239,11 +263,12 @@ class Supervisor:
             if worker.process.is_alive():
                 worker.process.terminate()
 
-        deadline = time.monotonic() + WORKER_STOP_SECONDS
+        stop_seconds = self.settings.dicomd_stop_grace_seconds + WORKER_STOP_MARGIN_SECONDS
+        deadline = time.monotonic() + stop_seconds
         for worker in self.workers:
             worker.process.join(max(0.0, deadline - time.monotonic()))
             if worker.process.is_alive():
-                log.warning("worker %d did not stop within %d seconds; killing it", worker.number, WORKER_STOP_SECONDS)
+                log.warning("worker %d did not stop within %g seconds; killing it", worker.number, stop_seconds)
                 worker.process.kill()
                 worker.process.join()
 

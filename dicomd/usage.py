@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from dicomd.policy import IdentityPolicy, RejectReason, Rejection, Transport
+from dicomd.retrieve import RemoteAE
 from dicomd.storage import StoredInstance
 from dicomd.tls import TlsSession
 from portal.identities.service import find_by_ae_title
@@ -42,6 +43,25 @@ class Peer:
     tls: TlsSession | None = None
 
 
+def fit_text(column, value):
+    """Cut a text value to the length of its column.
+
+    Header values may be longer than the index columns (Patient's Name, for
+    one, has up to five components), and PostgreSQL rejects an overlong value
+    where SQLite would store it.
+    """
+    length = getattr(column.type, "length", None)
+    if isinstance(value, str) and length is not None and len(value) > length:
+        return value[:length]
+    return value
+
+
+def fitted(model, **values):
+    """Build a `model` row with every text value cut to its column's length."""
+    columns = model.__table__.columns
+    return model(**{name: fit_text(columns[name], value) for name, value in values.items()})
+
+
 class UsageRecorder:
     """Writes association attempts, stored instances and identity counters."""
 
@@ -53,6 +73,21 @@ class UsageRecorder:
         with Session(self.engine) as session:
             identity = find_by_ae_title(session, calling_ae_title)
             return IdentityPolicy.of(identity) if identity is not None else None
+
+    def load_remote_ae(self, ae_title: str) -> RemoteAE | None:
+        """Return where to reach the identity with `ae_title`: None unless it is enabled and has a retrieve address."""
+        with Session(self.engine) as session:
+            identity = find_by_ae_title(session, ae_title)
+            if identity is None or not identity.enabled:
+                return None
+            if not identity.retrieve_host or not identity.retrieve_port:
+                return None
+            return RemoteAE(
+                ae_title=identity.ae_title,
+                host=identity.retrieve_host,
+                port=identity.retrieve_port,
+                use_tls=identity.require_tls,
+            )
 
     def find_certificate_owner(self, fingerprint: str | None) -> int | None:
         """Return the id of the identity that the client certificate with `fingerprint` is bound to, if any."""
@@ -112,18 +147,24 @@ class UsageRecorder:
 
     def record_handshake_failure(self, peer: Peer, detail: str) -> int:
         """Insert the rejected Association row of a failed TLS handshake: no AE titles, no identity."""
+        return self.record_connection_failure(peer, RejectReason.TLS_HANDSHAKE_FAILED, detail)
+
+    def record_connection_failure(self, peer: Peer, reason: RejectReason, detail: str,
+                                  started_at: datetime | None = None) -> int:
+        """Insert a rejected Association row for a connection that never reached the policy: no AE titles, no identity."""
         now = utcnow()
         association = Association(
-            started_at=now,
+            started_at=started_at or now,
             ended_at=now,
             peer_address=peer.address,
             peer_port=peer.port,
             transport=peer.transport.value,
             local_port=peer.local_port,
             outcome=OUTCOME_REJECTED,
-            reason=RejectReason.TLS_HANDSHAKE_FAILED.value,
+            reason=reason.value,
             detail=detail,
             operations={},
+            **_tls_columns(peer.tls),
         )
         with Session(self.engine) as session, session.begin():
             session.add(association)
@@ -163,7 +204,10 @@ class UsageRecorder:
                 .values(
                     instances_received=Association.instances_received + 1,
                     bytes_received=Association.bytes_received + stored.size_bytes,
-                )
+                ),
+                # The session holds no Association or identity objects to refresh,
+                # so SQLAlchemy's per-statement evaluation of them is skipped.
+                execution_options={"synchronize_session": False},
             )
             session.execute(
                 update(DicomIdentity)
@@ -172,7 +216,8 @@ class UsageRecorder:
                     instances_received=DicomIdentity.instances_received + 1,
                     bytes_received=DicomIdentity.bytes_received + stored.size_bytes,
                     last_seen_at=now,
-                )
+                ),
+                execution_options={"synchronize_session": False},
             )
             add_usage(session, identity_id, now.date(), instances_received=1, bytes_received=stored.size_bytes)
 
@@ -188,11 +233,23 @@ class UsageRecorder:
             if identity_id is not None:
                 add_usage(session, identity_id, now.date(), **request_increments(dict(operations)))
 
+    def record_lost(self, association_ids: list[int], detail: str) -> None:
+        """Close the rows of associations whose worker process died: aborted, with `detail`."""
+        now = utcnow()
+        with Session(self.engine) as session, session.begin():
+            session.execute(
+                update(Association)
+                .where(Association.id.in_(association_ids), Association.ended_at.is_(None))
+                .values(ended_at=now, outcome=OUTCOME_ABORTED, detail=detail),
+                execution_options={"synchronize_session": False},
+            )
+
     def _upsert_study(self, session: Session, identity_id: int, stored: StoredInstance, now: datetime) -> int:
         header = stored.header
         study = session.scalar(select(Study).where(Study.study_instance_uid == header.study_instance_uid))
         if study is None:
-            study = Study(
+            study = fitted(
+                Study,
                 study_instance_uid=header.study_instance_uid,
                 identity_id=identity_id,
                 study_date=header.study_date,
@@ -200,6 +257,11 @@ class UsageRecorder:
                 accession_number=header.accession_number,
                 study_description=header.study_description,
                 modalities=header.modality,
+                dicom_study_id=header.study_id,
+                patient_id=header.patient_id,
+                patient_name=header.patient_name,
+                patient_birth_date=header.patient_birth_date,
+                patient_sex=header.patient_sex,
                 first_received_at=now,
                 last_received_at=now,
             )
@@ -217,7 +279,7 @@ class UsageRecorder:
         # different modalities to one study at the same moment may lose one.
         modalities = study.modalities.split("\\") if study.modalities else []
         if header.modality and header.modality not in modalities:
-            study.modalities = "\\".join([*modalities, header.modality])
+            study.modalities = fit_text(Study.modalities, "\\".join([*modalities, header.modality]))
         session.flush()
         return study.id
 
@@ -235,7 +297,8 @@ class UsageRecorder:
         if exists is not None:
             return
 
-        instance = Instance(
+        instance = fitted(
+            Instance,
             sop_instance_uid=header.sop_instance_uid,
             sop_class_uid=header.sop_class_uid,
             series_instance_uid=header.series_instance_uid,
@@ -243,6 +306,9 @@ class UsageRecorder:
             identity_id=identity_id,
             association_id=association_id,
             modality=header.modality,
+            series_number=header.series_number,
+            series_description=header.series_description,
+            instance_number=header.instance_number,
             transfer_syntax_uid=header.transfer_syntax_uid,
             size_bytes=stored.size_bytes,
             path=stored.relative_path,

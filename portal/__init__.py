@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
 
 from portal.database import MAX_ROW_ID, MIGRATIONS_DIR, configure_engine, engine_options, ensure_sqlite_directory
@@ -45,6 +46,12 @@ def create_app(settings: Settings | None = None, **overrides) -> Flask:
     )
     app.config.update(overrides)
     app.url_map.converters["id"] = RowIdConverter
+    if settings.trusted_proxies:
+        # Behind nginx or another reverse proxy, take the client address and
+        # scheme from the proxies' X-Forwarded headers, for the audit trail,
+        # sign-in throttling and Secure cookies.
+        count = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=count, x_proto=count, x_host=count)
 
     ensure_sqlite_directory(settings.database_url)
     db.init_app(app)

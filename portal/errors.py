@@ -26,6 +26,10 @@ def register(app: Flask) -> None:
     def not_found(error):
         return render_template("errors/404.html"), 404
 
+    @app.errorhandler(400)
+    def bad_request(error):
+        return render_template("errors/400.html", message=error.description), 400
+
     @app.errorhandler(CSRFError)
     def csrf_failed(error):
         return render_template("errors/400.html", message=error.description), 400

@@ -76,6 +76,8 @@ def print_welcome(settings: Settings, password: str | None) -> None:
     lines += [
         f"DICOM:         host {settings.dicom_host}, port {settings.dicom_port}, "
         f"called AE title {settings.dicom_ae_title}",
+        f"DICOM TLS:     port {settings.dicom_tls_port} (the CA certificate devices trust is on each "
+        "identity's page)",
         f"Data:          {settings.data_dir}",
         "Press Ctrl-C to stop.",
         "",

@@ -315,6 +315,14 @@ class Study(Base):
     accession_number: Mapped[str | None] = mapped_column(String(64))
     study_description: Mapped[str | None] = mapped_column(String(128))
     modalities: Mapped[str | None] = mapped_column(String(64))
+    # Study ID (0020,0010), an SH value that the modality assigns.
+    dicom_study_id: Mapped[str | None] = mapped_column(String(16))
+    # Patient attributes as the first stored instance of the study gave them;
+    # the name in its DICOM PN form ("Family^Given").
+    patient_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    patient_name: Mapped[str | None] = mapped_column(String(324))
+    patient_birth_date: Mapped[str | None] = mapped_column(String(8))
+    patient_sex: Mapped[str | None] = mapped_column(String(16))
     first_received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -336,6 +344,10 @@ class Instance(Base):
     )
     association_id: Mapped[int | None] = mapped_column(ForeignKey("associations.id"))
     modality: Mapped[str | None] = mapped_column(String(16))
+    # Series attributes are kept on every instance of the series, as received.
+    series_number: Mapped[int | None] = mapped_column(Integer)
+    series_description: Mapped[str | None] = mapped_column(String(64))
+    instance_number: Mapped[int | None] = mapped_column(Integer)
     transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     path: Mapped[str] = mapped_column(String(255))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 
-from flask import Flask, Response, request, session
+from flask import Flask, Response, abort, request, session
 from flask.sessions import SecureCookieSessionInterface
 from flask_login import current_user, logout_user
 
@@ -50,6 +50,15 @@ def register(app: Flask, idle_minutes: int) -> None:
             session.clear()
         session.permanent = True
         session["last_active"] = now
+
+    @app.before_request
+    def reject_nul_characters():
+        # No field of this product takes a NUL, and PostgreSQL cannot store one,
+        # so such a request is rejected before it reaches a query.
+        for values in (request.args, request.form):
+            for key, value in values.items(multi=True):
+                if "\x00" in key or "\x00" in value:
+                    abort(400, description="The request contains a NUL character, which no field accepts.")
 
     @app.after_request
     def add_security_headers(response: Response) -> Response:

@@ -35,8 +35,22 @@ class Settings:
     dicomd_workers: int
     dicom_tls_min_version: str = "1.2"
     dicom_tls_handshake_timeout: float = 10.0
+    # ARTIM timer (PS3.8 9.1.5): seconds a connection gets to send its
+    # A-ASSOCIATE-RQ, and a release its answer.
+    dicom_acse_timeout: float = 30.0
+    # Seconds to wait for a DIMSE response from the peer, such as a C-STORE
+    # sub-operation's response during C-GET or C-MOVE.
+    dicom_dimse_timeout: float = 30.0
+    # Seconds an association may stay silent before it is aborted.
+    dicom_network_timeout: float = 60.0
+    # Seconds open associations get to finish after SIGTERM before they are aborted.
+    dicomd_stop_grace_seconds: float = 10.0
+    # Associations open at once, over all workers, and per DICOM identity.
+    dicomd_max_associations: int = 100
+    dicomd_max_associations_per_identity: int = 20
     node_name: str = "dicomd"
     session_idle_minutes: int = 30
+    trusted_proxies: int = 0
     ratelimit_storage_uri: str = "memory://"
     secret_key_value: str | None = None
 
@@ -66,8 +80,17 @@ class Settings:
             dicomd_workers=_positive_int(env, "DICOMD_WORKERS", os.cpu_count() or 1),
             dicom_tls_min_version=_tls_version(env, "DICOM_TLS_MIN_VERSION", "1.2"),
             dicom_tls_handshake_timeout=_seconds(env, "DICOM_TLS_HANDSHAKE_TIMEOUT", 10.0),
+            dicom_acse_timeout=_seconds(env, "DICOM_ACSE_TIMEOUT", 30.0, maximum=MAX_TIMEOUT_SECONDS),
+            dicom_dimse_timeout=_seconds(env, "DICOM_DIMSE_TIMEOUT", 30.0, maximum=MAX_TIMEOUT_SECONDS),
+            dicom_network_timeout=_seconds(env, "DICOM_NETWORK_TIMEOUT", 60.0, maximum=MAX_TIMEOUT_SECONDS),
+            dicomd_stop_grace_seconds=_seconds(
+                env, "DICOMD_STOP_GRACE_SECONDS", 10.0, maximum=MAX_TIMEOUT_SECONDS, allow_zero=True
+            ),
+            dicomd_max_associations=_positive_int(env, "DICOMD_MAX_ASSOCIATIONS", 100),
+            dicomd_max_associations_per_identity=_positive_int(env, "DICOMD_MAX_ASSOCIATIONS_PER_IDENTITY", 20),
             node_name=_node_name(env),
             session_idle_minutes=_positive_int(env, "PORTAL_SESSION_IDLE_MINUTES", 30),
+            trusted_proxies=_count(env, "PORTAL_TRUSTED_PROXIES", 0),
             ratelimit_storage_uri=env.get("PORTAL_RATELIMIT_STORAGE_URI") or "memory://",
             secret_key_value=env.get("SECRET_KEY") or None,
         )
@@ -105,6 +128,15 @@ def _port(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def _count(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if not raw:
+        return default
+    if not raw.isdigit():
+        raise SettingsError(f"{name}={raw!r} is invalid: use a whole number, 0 or more")
+    return int(raw)
+
+
 def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     raw = env.get(name)
     if not raw:
@@ -122,6 +154,8 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
 # offered, because BCP 195 (RFC 9325) forbids TLS 1.0 and 1.1.
 TLS_VERSIONS = ("1.2", "1.3")
 MAX_HANDSHAKE_TIMEOUT_SECONDS = 300
+# Upper bound of the DICOM timeouts and the stop grace period: one hour.
+MAX_TIMEOUT_SECONDS = 3600
 
 
 def _tls_version(env: Mapping[str, str], name: str, default: str) -> str:
@@ -134,7 +168,14 @@ def _tls_version(env: Mapping[str, str], name: str, default: str) -> str:
     return version
 
 
-def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+def _seconds(
+    env: Mapping[str, str],
+    name: str,
+    default: float,
+    *,
+    maximum: float = MAX_HANDSHAKE_TIMEOUT_SECONDS,
+    allow_zero: bool = False,
+) -> float:
     raw = env.get(name)
     if not raw:
         return default
@@ -142,8 +183,10 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise SettingsError(f"{name}={raw!r} is not a number of seconds: use a number such as 10") from None
-    if not 0 < value <= MAX_HANDSHAKE_TIMEOUT_SECONDS:
-        raise SettingsError(f"{name}={raw!r} is out of range: use more than 0 and at most {MAX_HANDSHAKE_TIMEOUT_SECONDS} seconds")
+    if allow_zero and not 0 <= value <= maximum:
+        raise SettingsError(f"{name}={raw!r} is out of range: use 0 or more and at most {maximum:g} seconds")
+    if not allow_zero and not 0 < value <= maximum:
+        raise SettingsError(f"{name}={raw!r} is out of range: use more than 0 and at most {maximum:g} seconds")
     return value
 
 

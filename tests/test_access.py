@@ -43,6 +43,8 @@ ROUTES = [
     ("POST", "/settings/devices/dicom/1/delete", INTEGRATIONS),
     ("POST", "/settings/devices/dicom/1/enabled", INTEGRATIONS),
     ("POST", "/settings/devices/dicom/1/networks", INTEGRATIONS),
+    ("POST", "/settings/devices/dicom/1/retrieve", INTEGRATIONS),
+    ("POST", "/settings/devices/dicom/1/permitted", INTEGRATIONS),
     ("POST", "/settings/devices/dicom/1/tls", INTEGRATIONS),
     ("GET", "/settings/devices/dicom/1/certificate", INTEGRATIONS),
     ("POST", "/settings/devices/dicom/1/certificate", INTEGRATIONS),
@@ -149,3 +151,25 @@ def test_forbidden_page_names_permission_and_granter(client, username):
     page = client.get("/settings/devices/dicom").get_data(as_text=True)
     assert "needs the <code>integrations.manage</code> permission" in page
     assert "can grant it: admin" in page
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "data"),
+    [
+        ("get", "/settings/devices/dicom/log?peer=10.0.0.1%00", None),
+        ("get", "/settings/audit?actor=%00", None),
+        ("post", "/settings/devices/dicom/new", {"name": "Echo\x00", "ae_title": "ECHO9"}),
+        ("post", "/login", {"username": "admin\x00", "password": "x"}),
+    ],
+)
+def test_nul_character_rejected(admin_client, method, url, data):
+    response = getattr(admin_client, method)(url, data=data)
+    assert response.status_code == 400
+    assert "NUL character" in response.get_data(as_text=True)
+
+
+def test_nul_character_rejected_by_api(client, runner):
+    token = runner.invoke(args=["token", "create", "admin"]).output.strip().splitlines()[-1]
+    response = client.get("/api/v1/identities?ae_title=%00", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 400
+    assert response.mimetype == "application/problem+json"

@@ -346,3 +346,24 @@ def test_no_password_in_logs(app, admin_client, caplog):
     logged = caplog.text
     for secret in (NEW_PASSWORD, "third-long-password", "wrong-password-99", PASSWORD):
         assert secret not in logged
+
+
+def test_trusted_proxy_address_in_audit(settings):
+    from dataclasses import replace
+
+    from portal import create_app
+
+    app = create_app(replace(settings, trusted_proxies=1), TESTING=True, WTF_CSRF_ENABLED=False)
+    client = app.test_client()
+    response = client.post("/login", data={"username": "admin", "password": PASSWORD},
+                           headers={"X-Forwarded-For": "10.20.30.40", "X-Forwarded-Proto": "https"})
+    assert "Secure" in response.headers["Set-Cookie"]
+    [event] = audit_events(app, "auth.login")
+    assert event.source_address == "10.20.30.40"
+
+
+def test_forwarded_headers_ignored_without_trusted_proxy(app, client):
+    client.post("/login", data={"username": "admin", "password": PASSWORD},
+                headers={"X-Forwarded-For": "10.20.30.40"})
+    [event] = audit_events(app, "auth.login")
+    assert event.source_address == "127.0.0.1"

@@ -167,7 +167,7 @@ def test_store_sample_files(dicomd, session, settings):
     rows = wait_for_end(session)
     assert [row.operations for row in rows] == [{"store": 1}] * len(sources)
     assert sum(row.bytes_received for row in rows) == total_bytes
-    assert list((settings.storage_dir / ".incoming").iterdir()) == []
+    assert [path for path in (settings.storage_dir / ".incoming").rglob("*") if path.is_file()] == []
 
 
 @pytest.mark.dcmtk

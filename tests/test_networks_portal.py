@@ -101,3 +101,39 @@ def test_networks_forbidden_for_support(app, client, echo):
     response = client.post(f"/settings/devices/dicom/{echo}/networks", data={"networks": "10.1.4.0/24"})
     assert response.status_code == 403
     assert networks(app, echo) == []
+
+
+def retrieve(app, identity_id):
+    with app.app_context():
+        identity = db.session.get(DicomIdentity, identity_id)
+        return identity.retrieve_host, identity.retrieve_port
+
+
+def test_retrieve_address_saved_inline(app, admin_client, echo):
+    response = admin_client.post(f"/settings/devices/dicom/{echo}/retrieve",
+                                 data={"retrieve_host": " 10.1.4.23 ", "retrieve_port": "104"}, headers=HTMX)
+    assert response.get_data(as_text=True).lstrip().startswith('<section class="card" id="retrieve-address">')
+    assert retrieve(app, echo) == ("10.1.4.23", 104)
+
+    admin_client.post(f"/settings/devices/dicom/{echo}/retrieve", data={"retrieve_host": "", "retrieve_port": ""})
+    assert retrieve(app, echo) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "message"),
+    [
+        ("10.1.4.23", "", "a retrieve address needs both a host and a port"),
+        ("", "104", "a retrieve address needs both a host and a port"),
+        ("10.1.4.23", "abc", "invalid port &#39;abc&#39;"),
+        ("10.1.4.23", "70000", "invalid port 70000"),
+        ("10.1.4.23", "0", "invalid port 0"),
+        ("bad host", "104", "invalid host &#39;bad host&#39;"),
+    ],
+)
+def test_retrieve_address_invalid(app, admin_client, echo, host, port, message):
+    response = admin_client.post(f"/settings/devices/dicom/{echo}/retrieve",
+                                 data={"retrieve_host": host, "retrieve_port": port}, headers=HTMX)
+    body = response.get_data(as_text=True)
+    assert message in body
+    assert f'value="{host}"' in body
+    assert retrieve(app, echo) == (None, None)

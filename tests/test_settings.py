@@ -36,6 +36,10 @@ def test_storage_dir_and_database_url_overrides(tmp_path):
         ("PORTAL_PORT", "-1", "out of range"),
         ("DICOMD_WORKERS", "0", "DICOMD_WORKERS='0' is invalid"),
         ("DICOMD_WORKERS", "two", "not a whole number"),
+        ("PORTAL_TRUSTED_PROXIES", "-1", "PORTAL_TRUSTED_PROXIES='-1' is invalid"),
+        ("PORTAL_TRUSTED_PROXIES", "one", "is invalid: use a whole number"),
+        ("PORTAL_SESSION_IDLE_MINUTES", "0", "PORTAL_SESSION_IDLE_MINUTES='0' is invalid"),
+        ("DICOMD_NODE_NAME", "x" * 256, "DICOMD_NODE_NAME="),
         ("DICOM_AE_TITLE", "THIS_IS_TOO_LONG_FOR_AE", "not a valid AE title"),
         ("DICOM_AE_TITLE", "BAD\\AE", "backslash"),
     ],
@@ -90,3 +94,47 @@ def test_tls_settings_rejected(name, raw):
 def test_tls_cert_without_key_rejected():
     with pytest.raises(SettingsError, match="DICOM_TLS_KEY"):
         Settings.from_env({"DICOM_TLS_CERT": "/etc/pacs/server.pem"})
+
+
+def test_dicomd_reliability_defaults():
+    settings = Settings.from_env({})
+    assert settings.dicom_acse_timeout == 30.0
+    assert settings.dicom_dimse_timeout == 30.0
+    assert settings.dicom_network_timeout == 60.0
+    assert settings.dicomd_stop_grace_seconds == 10.0
+    assert settings.dicomd_max_associations == 100
+    assert settings.dicomd_max_associations_per_identity == 20
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "attribute", "expected"),
+    [
+        ("DICOM_ACSE_TIMEOUT", "5", "dicom_acse_timeout", 5.0),
+        ("DICOM_DIMSE_TIMEOUT", "120", "dicom_dimse_timeout", 120.0),
+        ("DICOM_NETWORK_TIMEOUT", "0.5", "dicom_network_timeout", 0.5),
+        ("DICOMD_STOP_GRACE_SECONDS", "0", "dicomd_stop_grace_seconds", 0.0),
+        ("DICOMD_STOP_GRACE_SECONDS", "3600", "dicomd_stop_grace_seconds", 3600.0),
+        ("DICOMD_MAX_ASSOCIATIONS", "3", "dicomd_max_associations", 3),
+        ("DICOMD_MAX_ASSOCIATIONS_PER_IDENTITY", "1", "dicomd_max_associations_per_identity", 1),
+    ],
+)
+def test_dicomd_reliability_setting_accepted(name, raw, attribute, expected):
+    assert getattr(Settings.from_env({name: raw}), attribute) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "message"),
+    [
+        ("DICOM_ACSE_TIMEOUT", "0", "use more than 0"),
+        ("DICOM_DIMSE_TIMEOUT", "-1", "out of range"),
+        ("DICOM_NETWORK_TIMEOUT", "3601", "at most 3600 seconds"),
+        ("DICOM_NETWORK_TIMEOUT", "soon", "not a number of seconds"),
+        ("DICOMD_STOP_GRACE_SECONDS", "-1", "use 0 or more"),
+        ("DICOMD_STOP_GRACE_SECONDS", "7200", "at most 3600 seconds"),
+        ("DICOMD_MAX_ASSOCIATIONS", "0", "use 1 or more"),
+        ("DICOMD_MAX_ASSOCIATIONS_PER_IDENTITY", "many", "not a whole number"),
+    ],
+)
+def test_dicomd_reliability_setting_rejected(name, raw, message):
+    with pytest.raises(SettingsError, match=f"{name}=.*{message}"):
+        Settings.from_env({name: raw})

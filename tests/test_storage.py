@@ -195,3 +195,35 @@ def test_prepare_removes_interrupted_transfers(tmp_path):
     prepare_storage_dir(tmp_path / "storage")
 
     assert list(incoming.iterdir()) == []
+
+
+def test_incoming_file_linked_not_copied(storage_dir, monkeypatch):
+    received = storage_dir / storage.INCOMING_DIR_NAME / "tmpreceived.dcm"
+    shutil.copyfile(CT_SMALL, received)
+    synced = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(storage.os, "fsync", recording_fsync)
+    stored = store(received, storage_dir)
+
+    final = storage_dir / stored.relative_path
+    assert final.stat().st_ino == received.stat().st_ino
+    assert final.read_bytes() == CT_SMALL.read_bytes()
+    assert str(received) in synced
+    assert str(final.parent) in synced
+    assert str(storage_dir) in synced
+
+
+def test_index_values_cut_to_column_length():
+    from dicomd.usage import fit_text, fitted
+    from portal.models import Instance, Study
+
+    study = fitted(Study, study_instance_uid="1.2.3", study_description="x" * 300, patient_name="Doe^Jane")
+    assert study.study_description == "x" * 128
+    assert study.patient_name == "Doe^Jane"
+    assert fit_text(Instance.__table__.columns["series_description"], "y" * 65) == "y" * 64
+    assert fit_text(Study.modalities, None) is None

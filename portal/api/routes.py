@@ -48,6 +48,13 @@ def handle_http_exception(error: HTTPException):
     return http_exception_response(error)
 
 
+# The portal's HTML pages for these codes are registered on the app by code,
+# and Flask prefers a handler by code over one by class, so the API registers
+# its problem+json handler for the same codes.
+for status in (400, 403, 404, 405, 413, 429, 500):
+    bp.register_error_handler(status, handle_http_exception)
+
+
 @bp.get("/openapi.json")
 def openapi():
     return jsonify(openapi_document())

@@ -1,7 +1,9 @@
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField
-from wtforms import HiddenField, StringField, TextAreaField
+from wtforms import HiddenField, SelectMultipleField, StringField, TextAreaField
 from wtforms.validators import AnyOf, Optional
+
+from portal.identities.service import OPERATION_LABELS, PRESETS
 
 
 class IdentityForm(FlaskForm):
@@ -26,6 +28,17 @@ class NetworksForm(FlaskForm):
     networks = TextAreaField("Allowed source networks")
 
 
+class PermittedForm(FlaskForm):
+    """The permitted request types of an identity: ticked checkboxes, or a preset that replaces them."""
+
+    permitted = SelectMultipleField(
+        "Permitted requests",
+        choices=[(name, label) for name, label in OPERATION_LABELS.items()],
+        validate_choice=True,
+    )
+    preset = HiddenField(validators=[Optional(), AnyOf(list(PRESETS), message="unknown preset")])
+
+
 class TlsSettingForm(FlaskForm):
     """One TLS toggle of an identity: which setting, and its new value."""
 
@@ -44,3 +57,9 @@ class CertificateDownloadForm(FlaskForm):
     token = HiddenField()
     file_format = HiddenField(validators=[AnyOf(["p12", "pem"], message="unknown format")])
 
+
+
+class RetrieveForm(FlaskForm):
+    # Host and port rules live in the identity service, shared with the CLI and the API.
+    retrieve_host = StringField("Host")
+    retrieve_port = StringField("Port")

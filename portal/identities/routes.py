@@ -8,8 +8,14 @@ from portal import audit
 from portal.extensions import db
 from portal.htmx import is_htmx_request, vary_on_htmx
 from portal.identities import bp
-from portal.identities.forms import DeleteForm, EnabledForm, IdentityForm, NetworksForm
-from portal.identities.service import IdentityValidationError, create_identity, update_identity
+from portal.identities.forms import DeleteForm, EnabledForm, IdentityForm, NetworksForm, PermittedForm, RetrieveForm
+from portal.identities.service import (
+    OPERATION_LABELS,
+    PRESETS,
+    IdentityValidationError,
+    create_identity,
+    update_identity,
+)
 from portal.models import DicomIdentity, Permission
 from portal.permissions import permission_required
 from portal.networks import split_entries, validate_networks
@@ -68,7 +74,97 @@ def show(identity_id: int):
         connect_host=connect_host(settings.dicom_host),
         toggle=EnabledForm(),
         **networks_context(identity, entries=identity.allowed_networks, errors={}),
+        **retrieve_context(identity),
+        **permitted_context(errors=[]),
     )
+
+
+def permitted_context(errors: list[str]) -> dict:
+    return {"operation_labels": OPERATION_LABELS, "presets": PRESETS, "permitted_errors": errors}
+
+
+@bp.post("/<id:identity_id>/permitted")
+@permission_required(Permission.INTEGRATIONS_MANAGE)
+def set_permitted(identity_id: int):
+    identity = get_identity_or_404(identity_id)
+    form = PermittedForm()
+    form.validate_on_submit()
+    if "csrf_token" in form.errors:
+        abort(400)
+
+    errors = [message for messages in form.errors.values() for message in messages]
+    if not errors:
+        permitted = PRESETS[form.preset.data][1] if form.preset.data else (form.permitted.data or [])
+        before = {"permitted": list(identity.permitted)}
+        update_identity(db.session, identity, permitted=permitted)
+        audit.record("identity.permitted", "dicom_identity", identity.ae_title, before=before,
+                     after={"permitted": list(identity.permitted)})
+        db.session.commit()
+        log.info("permitted requests of identity %r set to %s by %s", identity.ae_title,
+                 ", ".join(identity.permitted) or "none", current_user.username)
+
+    if is_htmx_request():
+        # Errors come back in the fragment, because htmx does not swap error responses.
+        fragment = render_template("identities/_permitted.html", identity=identity, **permitted_context(errors))
+        return vary_on_htmx(make_response(fragment))
+
+    if errors:
+        flash(f"Permitted requests not saved: {'; '.join(errors)}", "error")
+    else:
+        flash(f"Saved the permitted requests of {identity.name}.", "success")
+    return redirect(url_for("identities.show", identity_id=identity.id))
+
+
+def retrieve_context(identity: DicomIdentity, values: dict | None = None, errors: dict | None = None) -> dict:
+    if values is None:
+        values = {"retrieve_host": identity.retrieve_host or "",
+                  "retrieve_port": "" if identity.retrieve_port is None else str(identity.retrieve_port)}
+    return {"retrieve_values": values, "retrieve_errors": errors or {}}
+
+
+@bp.post("/<id:identity_id>/retrieve")
+@permission_required(Permission.INTEGRATIONS_MANAGE)
+def set_retrieve(identity_id: int):
+    identity = get_identity_or_404(identity_id)
+    form = RetrieveForm()
+    if not form.validate_on_submit():
+        abort(400)
+
+    values = {"retrieve_host": (form.retrieve_host.data or "").strip(),
+              "retrieve_port": (form.retrieve_port.data or "").strip()}
+    errors: dict[str, str] = {}
+    port = None
+    if values["retrieve_port"]:
+        if values["retrieve_port"].isdigit():
+            port = int(values["retrieve_port"])
+        else:
+            errors["retrieve_port"] = f"invalid port {values['retrieve_port']!r}: use a number from 1 to 65535"
+
+    if not errors:
+        before = {"retrieve_host": identity.retrieve_host, "retrieve_port": identity.retrieve_port}
+        try:
+            update_identity(db.session, identity, retrieve_host=values["retrieve_host"] or None, retrieve_port=port)
+        except IdentityValidationError as error:
+            db.session.rollback()
+            errors = error.errors
+        else:
+            after = {"retrieve_host": identity.retrieve_host, "retrieve_port": identity.retrieve_port}
+            audit.record("identity.retrieve_address", "dicom_identity", identity.ae_title, before=before, after=after)
+            db.session.commit()
+            log.info("retrieve address of identity %r set to %s:%s by %s", identity.ae_title,
+                     identity.retrieve_host, identity.retrieve_port, current_user.username)
+
+    if is_htmx_request():
+        # Errors come back in the fragment, because htmx does not swap error responses.
+        context = retrieve_context(identity, values if errors else None, errors)
+        fragment = render_template("identities/_retrieve.html", identity=identity, **context)
+        return vary_on_htmx(make_response(fragment))
+
+    if errors:
+        flash(f"Retrieve address not saved: {'; '.join(errors.values())}", "error")
+    else:
+        flash(f"Saved the retrieve address of {identity.name}.", "success")
+    return redirect(url_for("identities.show", identity_id=identity.id))
 
 
 def networks_context(identity: DicomIdentity, entries: list[str], errors: dict[int, str]) -> dict:

@@ -12,6 +12,22 @@ from portal.networks import validate_networks
 MAX_NAME_LENGTH = 128
 OPERATION_NAMES = [operation.value for operation in Operation]
 
+# Labels of the DIMSE request types, in the order of OPERATION_NAMES.
+OPERATION_LABELS = {
+    "echo": "C-ECHO",
+    "store": "C-STORE",
+    "find": "C-FIND",
+    "move": "C-MOVE",
+    "get": "C-GET",
+    "commit": "Storage commitment",
+}
+
+# Permission presets for common devices: (label, operation names).
+PRESETS = {
+    "modality": ("Modality (echo, store, storage commitment)", ["echo", "store", "commit"]),
+    "workstation": ("Workstation (echo, find, move, get)", ["echo", "find", "move", "get"]),
+}
+
 
 class IdentityValidationError(ValueError):
     """One or more identity fields are invalid; `errors` maps field name to message."""
@@ -25,6 +41,8 @@ def clean_name(value: str) -> str:
     name = " ".join(value.split())
     if not name:
         raise ValueError("a name is required")
+    if not name.isprintable():
+        raise ValueError("a name may not contain control characters")
     if len(name) > MAX_NAME_LENGTH:
         raise ValueError(f"a name has at most {MAX_NAME_LENGTH} characters; this one has {len(name)}")
     return name
@@ -113,7 +131,7 @@ def _validate(session: Session, values: dict, existing: DicomIdentity | None) ->
 def _validate_retrieve_address(values: dict, existing: DicomIdentity | None, cleaned: dict, errors: dict) -> None:
     if "retrieve_host" in values:
         host = (values["retrieve_host"] or "").strip() or None
-        if host is not None and (len(host) > 255 or any(c.isspace() for c in host)):
+        if host is not None and (len(host) > 255 or any(c.isspace() or not c.isprintable() for c in host)):
             errors["retrieve_host"] = f"invalid host {host!r}: use a host name or an IP address"
         else:
             cleaned["retrieve_host"] = host

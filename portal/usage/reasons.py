@@ -85,6 +85,13 @@ REASONS: dict[str, Explanation] = {
         "limit exceeded) and may retry.",
         "Raise the association limit, or lower how many associations the device opens at once.",
     ),
+    "invalid_association_request": Explanation(
+        "Invalid association request",
+        "The connection ended before the PACS received an association request it could decode: a "
+        "malformed or truncated PDU, an AE title that is empty or has invalid characters, or no request "
+        "within the ACSE timeout. No AE title could be read, so the attempt is listed by peer address.",
+        "Check the AE titles configured on the device at that address, and that it speaks DICOM to this port.",
+    ),
 }
 
 
