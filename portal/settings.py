@@ -51,6 +51,7 @@ class Settings:
     node_name: str = "dicomd"
     session_idle_minutes: int = 30
     trusted_proxies: int = 0
+    dicom_public_host: str | None = None
     ratelimit_storage_uri: str = "memory://"
     secret_key_value: str | None = None
 
@@ -91,6 +92,7 @@ class Settings:
             node_name=_node_name(env),
             session_idle_minutes=_positive_int(env, "PORTAL_SESSION_IDLE_MINUTES", 30),
             trusted_proxies=_count(env, "PORTAL_TRUSTED_PROXIES", 0),
+            dicom_public_host=_public_host(env),
             ratelimit_storage_uri=env.get("PORTAL_RATELIMIT_STORAGE_URI") or "memory://",
             secret_key_value=env.get("SECRET_KEY") or None,
         )
@@ -198,6 +200,15 @@ def _ae_title(env: Mapping[str, str], name: str, default: str) -> str:
         return normalize_ae_title(raw)
     except InvalidAETitle as error:
         raise SettingsError(f"{name}={raw!r} is not a valid AE title: {error}") from None
+
+
+def _public_host(env: Mapping[str, str]) -> str | None:
+    raw = (env.get("DICOM_PUBLIC_HOST") or "").strip()
+    if not raw:
+        return None
+    if len(raw) > 255 or any(character.isspace() or not character.isprintable() for character in raw):
+        raise SettingsError(f"DICOM_PUBLIC_HOST={raw!r} is invalid: use a host name or an IP address")
+    return raw
 
 
 def _node_name(env: Mapping[str, str]) -> str:

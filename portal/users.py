@@ -7,7 +7,7 @@ import re
 import secrets
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -44,8 +44,10 @@ def create_user(session: Session, username: str, role_name: str, password: str) 
         raise UserError(
             f"invalid username {username!r}: use 1 to 64 letters, digits, '.', '_', '@' or '-'"
         )
-    if find_user(session, username) is not None:
-        raise UserError(f"a user named {username!r} already exists")
+    clash = session.scalar(select(User).where(func.lower(User.username) == username.lower()))
+    if clash is not None:
+        raise UserError(f"a user named {clash.username!r} already exists; usernames differing only by case "
+                        "are not allowed")
 
     role = session.scalar(select(Role).where(Role.name == role_name))
     if role is None:

@@ -59,6 +59,7 @@ def test_create_user(app, admin_client):
         ({"username": ""}, "This field is required."),
         ({"username": "bad name"}, "invalid username &#39;bad name&#39;"),
         ({"username": "admin"}, "a user named &#39;admin&#39; already exists"),
+        ({"username": "Admin"}, "usernames differing only by case are not allowed"),
         ({"role_name": "Janitor"}, "Not a valid choice."),
         ({"password": "short"}, "Use at least 12 characters."),
         ({"confirm": "something-else-entirely"}, "The two passwords differ."),
@@ -367,3 +368,9 @@ def test_forwarded_headers_ignored_without_trusted_proxy(app, client):
                 headers={"X-Forwarded-For": "10.20.30.40"})
     [event] = audit_events(app, "auth.login")
     assert event.source_address == "127.0.0.1"
+
+
+def test_new_user_form_defaults_to_least_privilege(admin_client):
+    page = admin_client.get("/settings/users/new").get_data(as_text=True)
+    assert '<option selected value="Clinician">' in page or '<option value="Clinician" selected>' in page
+    assert "At least 12 characters." in page

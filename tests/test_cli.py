@@ -181,3 +181,21 @@ def test_identity_allow_from_invalid(runner, value, message):
     assert result.exit_code != 0
     assert message in result.output
     assert identities(runner) == []
+
+
+def test_user_set_password(runner, client):
+    result = runner.invoke(args=["user", "set-password", "support", "--password-stdin"],
+                           input="a-new-long-password\n")
+    assert result.exit_code == 0, result.output
+    assert login(client, "support", "a-new-long-password").status_code == 302
+
+
+@pytest.mark.parametrize(
+    ("name", "password", "message"),
+    [("nobody", "a-new-long-password", "user 'nobody' not found"),
+     ("support", "short", "the password is too short")],
+)
+def test_user_set_password_invalid(runner, client, name, password, message):
+    result = runner.invoke(args=["user", "set-password", name, "--password-stdin"], input=password + "\n")
+    assert result.exit_code != 0
+    assert message in result.output

@@ -226,3 +226,18 @@ def test_csrf_token_on_body_for_htmx(settings):
     client = app.test_client()
     page = client.get("/login").get_data(as_text=True)
     assert 'hx-headers=\'{"X-CSRFToken": "' in page
+
+
+def test_connect_panel_uses_public_host(settings, runner):
+    from dataclasses import replace
+
+    from portal import create_app
+    from tests.conftest import login
+
+    runner.invoke(args=["identity", "create", "--name", "Echo", "--ae-title", "ECHO1"])
+    app = create_app(replace(settings, dicom_host="0.0.0.0", dicom_public_host="pacs.hospital.example"),
+                     TESTING=True, WTF_CSRF_ENABLED=False)
+    client = app.test_client()
+    login(client)
+    page = client.get("/settings/devices/dicom/1").get_data(as_text=True)
+    assert 'value="pacs.hospital.example"' in page

@@ -37,6 +37,7 @@ def test_storage_dir_and_database_url_overrides(tmp_path):
         ("DICOMD_WORKERS", "0", "DICOMD_WORKERS='0' is invalid"),
         ("DICOMD_WORKERS", "two", "not a whole number"),
         ("PORTAL_TRUSTED_PROXIES", "-1", "PORTAL_TRUSTED_PROXIES='-1' is invalid"),
+        ("DICOM_PUBLIC_HOST", "pacs host", "DICOM_PUBLIC_HOST='pacs host' is invalid"),
         ("PORTAL_TRUSTED_PROXIES", "one", "is invalid: use a whole number"),
         ("PORTAL_SESSION_IDLE_MINUTES", "0", "PORTAL_SESSION_IDLE_MINUTES='0' is invalid"),
         ("DICOMD_NODE_NAME", "x" * 256, "DICOMD_NODE_NAME="),

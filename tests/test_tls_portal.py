@@ -211,11 +211,34 @@ def test_remove_certificate(admin_client, session):
     pem, _ = certificate_pem()
     admin_client.post(f"/settings/devices/dicom/{identity.id}/certificate", data={"certificate_text": pem.decode()})
 
-    response = admin_client.post(f"/settings/devices/dicom/{identity.id}/certificate/remove")
+    unconfirmed = admin_client.post(f"/settings/devices/dicom/{identity.id}/certificate/remove",
+                                    follow_redirects=True)
+    assert "Nothing changed: tick the box" in unconfirmed.get_data(as_text=True)
+    assert reload(session, identity).client_certificate_fingerprint is not None
+
+    response = admin_client.post(f"/settings/devices/dicom/{identity.id}/certificate/remove",
+                                 data={"confirm": "yes"})
 
     assert response.status_code == 302
     assert reload(session, identity).client_certificate_fingerprint is None
     assert audit_actions(session)[-1] == "identity.certificate.remove"
+
+
+def test_issue_over_bound_certificate_needs_confirmation(admin_client, session):
+    identity = add_identity(session, "ECHO1")
+    pem, _ = certificate_pem()
+    admin_client.post(f"/settings/devices/dicom/{identity.id}/certificate", data={"certificate_text": pem.decode()})
+    bound = reload(session, identity).client_certificate_fingerprint
+
+    for data in ({}, {"confirm": "no"}):
+        response = admin_client.post(f"/settings/devices/dicom/{identity.id}/certificate/issue", data=data,
+                                     follow_redirects=True)
+        assert "Nothing changed: tick the box" in response.get_data(as_text=True)
+        assert reload(session, identity).client_certificate_fingerprint == bound
+
+    page = admin_client.post(f"/settings/devices/dicom/{identity.id}/certificate/issue", data={"confirm": "yes"})
+    assert page.status_code == 200
+    assert reload(session, identity).client_certificate_fingerprint != bound
 
 
 def test_support_user_cannot_change_tls(client, session):

@@ -256,7 +256,15 @@ def test_unrecognised_devices_panel(app, admin_client, echo):
     assert "10.1.4.1" in panel
     assert "<code>ECHO1</code> (Echo Room 1, differs only by case)" in panel
     assert "OLD_DEVICE" not in panel
-    assert 'href="/settings/devices/dicom/new?ae_title=echo1"' in panel
+    assert "Correct the AE title on the device" in panel
+    assert 'href="/settings/devices/dicom/new?ae_title=echo1"' not in panel
+
+
+def test_unrecognised_device_offers_create(app, admin_client, echo):
+    with_identity(app, echo, lambda session, identity: record(
+        session, None, outcome="rejected", reason="unknown_calling_ae", calling="CATH_LAB_2"))
+    panel = admin_client.get("/settings/devices/dicom").get_data(as_text=True).split('id="unrecognised"')[1]
+    assert 'href="/settings/devices/dicom/new?ae_title=CATH_LAB_2"' in panel
 
 
 @pytest.mark.parametrize("url", ["/settings/devices/dicom/99999999999", "/settings/devices/dicom/99999999999/usage",

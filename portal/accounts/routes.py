@@ -1,6 +1,6 @@
 import logging
 
-from flask import abort, flash, make_response, redirect, render_template, url_for
+from flask import abort, flash, make_response, redirect, render_template, request, url_for
 from flask_login import current_user, login_required, login_user
 from sqlalchemy import select
 
@@ -68,6 +68,9 @@ def users():
 def new_user():
     form = UserCreateForm()
     form.role.choices = role_choices()
+    if request.method == "GET" and "Clinician" in dict(form.role.choices):
+        # Least privilege unless the administrator chooses otherwise.
+        form.role.data = "Clinician"
     if form.validate_on_submit():
         try:
             user = create_user(db.session, form.username.data.strip(), form.role.data, form.password.data)

@@ -71,7 +71,7 @@ def show(identity_id: int):
         "identities/show.html",
         identity=identity,
         settings=settings,
-        connect_host=connect_host(settings.dicom_host),
+        connect_host=settings.dicom_public_host or connect_host(settings.dicom_host),
         toggle=EnabledForm(),
         **networks_context(identity, entries=identity.allowed_networks, errors={}),
         **retrieve_context(identity),
@@ -263,7 +263,10 @@ def current_settings():
 
 
 def connect_host(listen_host: str) -> str:
-    """Return the address a device should call: the listen address unless it is a wildcard."""
+    """Return the address a device should call: the listen address, or the portal's host for a wildcard.
+
+    DICOM_PUBLIC_HOST, when set, is used instead of this guess.
+    """
     if listen_host in ("0.0.0.0", "::", ""):
         return request.host.rsplit(":", 1)[0].strip("[]") if request.host else "this server"
     return listen_host

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import abort, current_app, flash, make_response, redirect, render_template, url_for
+from flask import abort, current_app, flash, make_response, redirect, render_template, request, url_for
 from flask_login import current_user
 
 from portal import audit
@@ -106,6 +106,9 @@ def remove_client_certificate(identity_id: int):
     if not CsrfOnlyForm().validate_on_submit():
         abort(400)
 
+    if identity.client_certificate_fingerprint is not None and not replacement_confirmed():
+        return redirect(url_for("identities.show", identity_id=identity.id, _anchor="tls"))
+
     if identity.client_certificate_fingerprint is not None:
         before = certificate_audit_values(identity)
         remove_certificate(identity)
@@ -124,6 +127,8 @@ def issue_client_certificate(identity_id: int):
     identity = db.get_or_404(DicomIdentity, identity_id)
     if not CsrfOnlyForm().validate_on_submit():
         abort(400)
+    if identity.client_certificate_fingerprint is not None and not replacement_confirmed():
+        return redirect(url_for("identities.show", identity_id=identity.id, _anchor="tls"))
     settings = _settings()
     if not can_issue(settings):
         flash("DICOM_TLS_CLIENT_CA is set, so certificates from the portal's CA would not be trusted: "
@@ -203,3 +208,12 @@ def _warnings_for(identity: DicomIdentity) -> list[str]:
 
 def _settings():
     return current_app.config["SETTINGS"]
+
+
+def replacement_confirmed() -> bool:
+    """Return whether the form confirms replacing or removing a bound certificate; flash why not."""
+    if request.form.get("confirm") == "yes":
+        return True
+    flash("Nothing changed: tick the box that confirms the device using the bound certificate will be "
+          "rejected.", "error")
+    return False

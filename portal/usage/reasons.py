@@ -42,7 +42,9 @@ REASONS: dict[str, Explanation] = {
         "Client certificate required",
         "The device connected over TLS without a client certificate, and the identity does not allow "
         "anonymous TLS.",
-        "Install a client certificate on the device, or turn on Allow anonymous TLS for the identity.",
+        "Install a client certificate on the device. Or, if the device cannot present one, turn on Allow "
+        "anonymous TLS for the identity and remove any certificate bound to it: a bound certificate is "
+        "always required.",
     ),
     "client_certificate_mismatch": Explanation(
         "Wrong client certificate",
