@@ -9,6 +9,10 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+from pynetdicom import AE
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
 from sqlalchemy import update
 
@@ -218,3 +222,39 @@ def test_refused_until_ticked(stored, session, admin_client, tmp_path, operation
     assert rows[-2].operations == {f"{operation}_not_permitted": 1}
     assert rows[-2].reason == "operation_not_permitted"
     assert operation in rows[-1].operations or f"{operation}_failed" not in rows[-1].operations
+
+
+@pytest.mark.dcmtk
+def test_find_cancelled_by_peer(dicomd, session, tmp_path):
+    """A C-CANCEL after the first pending response ends the matches with status Cancel."""
+    add_identity(session, "WS1", permitted=ALL_OPERATIONS)
+    source = dcmread(SAMPLES["CT_small.dcm"])
+    source.StudyInstanceUID, source.SeriesInstanceUID = generate_uid(), generate_uid()
+    files = []
+    for number in range(300):
+        source.SOPInstanceUID = generate_uid()
+        source.file_meta.MediaStorageSOPInstanceUID = source.SOPInstanceUID
+        files.append(tmp_path / f"{number}.dcm")
+        source.save_as(files[-1], enforce_file_format=True)
+    assert storescu(dicomd.port, "WS1", files).returncode == 0
+
+    ae = AE(ae_title="WS1")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    association = ae.associate("127.0.0.1", dicomd.port, ae_title="PACS")
+    assert association.is_established
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "IMAGE"
+    identifier.StudyInstanceUID = source.StudyInstanceUID
+    identifier.SeriesInstanceUID = source.SeriesInstanceUID
+    identifier.SOPInstanceUID = ""
+
+    statuses = []
+    for status, _ in association.send_c_find(identifier, StudyRootQueryRetrieveInformationModelFind, msg_id=7):
+        statuses.append(status.Status)
+        if len(statuses) == 1:
+            association.send_c_cancel(7, association.accepted_contexts[0].context_id)
+    association.release()
+
+    assert statuses[0] == 0xFF00
+    assert statuses[-1] == 0xFE00
+    assert len(statuses) < 300
