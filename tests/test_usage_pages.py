@@ -336,3 +336,17 @@ def test_prune_invalid_days(runner, value, message):
 def test_add_usage_rejects_unknown_counter(app, echo):
     with app.app_context(), pytest.raises(ValueError, match="unknown usage counters: bogus"):
         add_usage(db.session, echo, utcnow().date(), bogus=1)
+
+
+def test_last_tls_session_shown(app, admin_client, echo):
+    def seed(session, identity):
+        association = record(session, identity, transport="tls")
+        association.tls_version = "TLSv1.3"
+        association.tls_cipher = "TLS_AES_256_GCM_SHA384"
+        association.client_certificate_subject = "CN=Echo Room 1"
+    with_identity(app, echo, seed)
+    for url in (f"/settings/devices/dicom/{echo}/usage", f"/settings/devices/dicom/{echo}"):
+        page = admin_client.get(url).get_data(as_text=True)
+        assert "Last TLS session" in page
+        assert "TLSv1.3, TLS_AES_256_GCM_SHA384;" in page
+        assert "client certificate: CN=Echo Room 1" in page

@@ -19,7 +19,7 @@ from portal.identities.service import (
 from portal.models import DicomIdentity, Permission
 from portal.permissions import permission_required
 from portal.networks import split_entries, validate_networks
-from portal.usage.queries import listener_statuses, recent_peer_addresses, unrecognised_devices
+from portal.usage.queries import last_association, listener_statuses, recent_peer_addresses, unrecognised_devices
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ def show(identity_id: int):
         toggle=EnabledForm(),
         **networks_context(identity, entries=identity.allowed_networks, errors={}),
         **retrieve_context(identity),
+        last_association=last_association(db.session, identity),
         **permitted_context(errors=[]),
     )
 

@@ -286,3 +286,10 @@ def recent_peer_addresses(session: Session, identity: DicomIdentity, days: int =
         .limit(20)
     )
     return [RecentAddress(address, count, last_seen) for address, count, last_seen in rows]
+
+
+def last_association(session: Session, identity: DicomIdentity) -> Association | None:
+    """Return the identity's most recent association attempt, for the transport details of "last seen"."""
+    return session.scalar(
+        select(Association).where(Association.identity_id == identity.id).order_by(Association.id.desc()).limit(1)
+    )

@@ -15,6 +15,7 @@ from portal.usage import bp
 from portal.usage.charts import daily_chart
 from portal.usage.queries import (
     LogFilters,
+    last_association,
     listener_statuses,
     log_page,
     unrecognised_devices,
@@ -58,6 +59,7 @@ def identity(identity_id: int):
         "usage/identity.html",
         identity=device,
         periods=usage_periods(db.session, device),
+        last_association=last_association(db.session, device),
         chart=daily_chart(db.session, device),
         associations=associations,
         next_before=next_before,
