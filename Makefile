@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench soak clean
 
 install: $(VENV)/.installed
 
@@ -21,6 +21,10 @@ test: install
 
 bench: install
 	$(BIN)/python -m benchmarks $(BENCHMARKS)
+
+# Concurrent senders with aborts and killed workers for SOAK_SECONDS (default 60).
+soak: install
+	$(BIN)/python -m benchmarks.soak
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -2,11 +2,12 @@
 
 import sys
 
-from benchmarks import ingest, portal_pages
+from benchmarks import ingest, portal_pages, soak
 
 BENCHMARKS = {
     "portal-pages": portal_pages.main,
     "ingest": ingest.main,
+    "soak": soak.main,
 }
 
 

@@ -515,6 +515,21 @@ class ListenerHandlers:
         timer.daemon = True
         timer.start()
 
+    def handle_request_timeout(self, connection) -> None:
+        """Record a connection that pynetdicom shut down because no A-ASSOCIATE-RQ arrived within the ACSE timeout.
+
+        pynetdicom (3.0.4) shuts such a socket down without EVT_CONN_CLOSE,
+        so the listener's server calls this instead.
+        """
+        with self._lock:
+            entry = None
+            for assoc, candidate in self._connections.items():
+                if candidate[2].connection is connection:
+                    entry = self._connections.pop(assoc)
+                    break
+        if entry is not None:
+            self._record_invalid_request(*entry)
+
     def _finish(self, event: Event, *, aborted: bool) -> None:
         with self._lock:
             state = self._states.pop(event.assoc, None)
@@ -720,6 +735,8 @@ class ConnectionWatch:
     """
 
     def __init__(self, assoc):
+        # The accepted socket, to find this watch when pynetdicom shuts it down directly.
+        self.connection = assoc.dul.socket.socket
         self.received_data = False
         self.oversized_pdu: int | None = None
         self._recv = assoc.dul.socket.recv
@@ -730,7 +747,13 @@ class ConnectionWatch:
             self.oversized_pdu = nr_bytes
             # pynetdicom treats an OSError from recv as a closed connection.
             raise OSError(f"declared PDU length {nr_bytes} exceeds {MAX_RECEIVED_PDU_BYTES} bytes")
-        data = self._recv(nr_bytes)
+        try:
+            data = self._recv(nr_bytes)
+        except TimeoutError:
+            # pynetdicom reads only when data is waiting, so a timeout here
+            # means the peer stopped in the middle of a PDU.
+            self.received_data = True
+            raise
         if data:
             self.received_data = True
         return data

@@ -109,6 +109,8 @@ class InheritedSocketServer(ThreadedAssociationServer):
 
     def __init__(self, *args, listening_socket: socket.socket, **kwargs):
         self._listening_socket = listening_socket
+        # Called with the accepted socket when pynetdicom shuts it down itself; see shutdown_request().
+        self.on_request_timeout = None
         super().__init__(*args, **kwargs)
 
     def server_bind(self) -> None:
@@ -129,7 +131,21 @@ class InheritedSocketServer(ThreadedAssociationServer):
         # A C-STORE response is one small segment; without TCP_NODELAY it can
         # wait for the peer's delayed ACK (about 40 ms on Linux).
         connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # pynetdicom (3.0.4) reads a PDU with blocking recv() calls and leaves
+        # an accepted socket without a timeout, so a peer that stops in the
+        # middle of a PDU would hold its thread forever. With the network
+        # timeout, recv() fails instead and pynetdicom closes the connection.
+        # NOTE: the timeout also bounds each sendall() of one whole PDU, so a
+        # peer that reads a 1 MiB PDU slower than that is disconnected too.
+        connection.settimeout(self.ae.network_timeout)
         return connection, address
+
+    def shutdown_request(self, request) -> None:
+        # pynetdicom (3.0.4) calls this when no A-ASSOCIATE-RQ arrives within
+        # the ACSE timeout, and then emits no EVT_CONN_CLOSE for the connection.
+        super().shutdown_request(request)
+        if self.on_request_timeout is not None:
+            self.on_request_timeout(request)
 
     def server_close(self) -> None:
         # pynetdicom's server_close() calls shutdown() on the listening socket,
@@ -158,6 +174,8 @@ class TLSSocketServer(InheritedSocketServer):
         except (ssl.SSLError, OSError) as error:
             self._record_handshake_failure(client_address, error)
             return
+        # handshake() leaves the socket blocking without a timeout; see get_request().
+        tls_socket.settimeout(self.ae.network_timeout)
         super().process_request_thread(tls_socket, client_address)
 
     def _record_handshake_failure(self, client_address, error: BaseException) -> None:
@@ -279,6 +297,7 @@ def start_server(ae: AE, listener: ListenerSocket, recorder: UsageRecorder, sett
         listening_socket=listener.socket,
         **server_options,
     )
+    server.on_request_timeout = handlers.handle_request_timeout
     # AssociationServer.shutdown() removes the server from this list, as
     # AE.start_server() would have added it.
     ae._servers.append(server)

@@ -132,3 +132,58 @@ def pause_between_pdus(assoc, seconds: float) -> None:
             time.sleep(seconds)
 
     assoc.bind(evt.EVT_PDU_SENT, on_pdu_sent)
+
+
+def _item(item_type: int, value: bytes) -> bytes:
+    """Encode one variable item of an association PDU: type, a reserved byte, a 2-byte length, the value."""
+    return struct.pack(">BBH", item_type, 0, len(value)) + value
+
+
+def association_request_pdu(calling: bytes, called: bytes = b"PACS", *,
+                            abstract_syntax: bytes = b"1.2.840.10008.1.1") -> bytes:
+    """Return the bytes of an A-ASSOCIATE-RQ PDU (PS3.8 9.3.2) proposing one context in Implicit VR Little Endian.
+
+    The AE titles are sent as given, padded with spaces to 16 bytes, so a
+    test can send titles that pynetdicom's own requestor would not.
+    """
+    application_context = _item(0x10, b"1.2.840.10008.3.1.1.1")
+    presentation_context = _item(
+        0x20,
+        bytes([1, 0, 0, 0]) + _item(0x30, abstract_syntax) + _item(0x40, b"1.2.840.10008.1.2"),
+    )
+    user_information = _item(0x50, _item(0x51, struct.pack(">L", 16384)))
+    body = (
+        struct.pack(">HH", 1, 0)
+        + called.ljust(16, b" ")[:16]
+        + calling.ljust(16, b" ")[:16]
+        + bytes(32)
+        + application_context
+        + presentation_context
+        + user_information
+    )
+    return struct.pack(">BBL", 0x01, 0, len(body)) + body
+
+
+def p_data_pdu(context_id: int, control_header: int, fragment: bytes) -> bytes:
+    """Return the bytes of a P-DATA-TF PDU (PS3.8 9.3.5) carrying one presentation data value item."""
+    item = struct.pack(">LBB", len(fragment) + 2, context_id, control_header) + fragment
+    return struct.pack(">BBL", 0x04, 0, len(item)) + item
+
+
+def read_pdu(connection: socket.socket) -> bytes:
+    """Read one whole PDU from `connection`; return b"" when the peer closed it first."""
+    header = _read_exactly(connection, 6)
+    if len(header) < 6:
+        return b""
+    length = struct.unpack(">L", header[2:])[0]
+    return header + _read_exactly(connection, length)
+
+
+def _read_exactly(connection: socket.socket, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = connection.recv(count - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
