@@ -21,7 +21,7 @@ import time
 import pytest
 from sqlalchemy import select
 
-from portal.models import Association, Instance
+from portal.models import Instance
 from tests.dicomd_process import (
     Dicomd,
     add_identity,
@@ -385,3 +385,25 @@ def test_oversized_pdu_length(dicomd, session):
 
     echo = echoscu(dicomd.port, "MODALITY1")
     assert echo.returncode == 0, echo.stdout + echo.stderr
+
+
+def test_locked_database_rejects_new_association_transiently(dicomd, session, settings):
+    if not settings.database_url.startswith("sqlite"):
+        pytest.skip("dicomd sets no lock timeout on PostgreSQL, so a new association waits for the lock "
+                    "instead of failing; this test covers SQLite's busy timeout")
+    add_identity(session, "MODALITY1")
+
+    # The association record cannot be written while another writer holds the
+    # database past dicomd's busy timeout, so the device is told to retry.
+    writer = sqlite3.connect(sqlite_path(settings.database_url), isolation_level=None)
+    writer.execute("BEGIN EXCLUSIVE")
+    try:
+        assoc = sender("MODALITY1").associate("127.0.0.1", dicomd.port, ae_title="PACS")
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+
+    assert assoc.is_rejected
+    assert assoc.acceptor.primitive.result == 0x02
+    assert "rejecting it as transient" in dicomd.log()
+    assert store(dicomd.port, "MODALITY1", [make_instance(1024)]) == [0x0000]
