@@ -25,8 +25,13 @@ class SchemaNotCurrent(RuntimeError):
 
 def engine_options(url: str) -> dict:
     """Return `create_engine` keyword arguments suited to the database in `url`."""
-    if make_url(url).get_backend_name() == "sqlite":
+    backend = make_url(url).get_backend_name()
+    if backend == "sqlite":
         return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}}
+    if backend == "postgresql":
+        # The same bound on lock waits as SQLite's busy timeout, so a locked
+        # table fails a request instead of holding a device indefinitely.
+        return {"pool_pre_ping": True, "connect_args": {"options": f"-c lock_timeout={SQLITE_BUSY_TIMEOUT_MS}"}}
     return {"pool_pre_ping": True}
 
 
