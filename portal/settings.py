@@ -9,6 +9,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import limits.storage
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 from portal.aetitle import InvalidAETitle, normalize_ae_title
 
 
@@ -36,7 +40,7 @@ class Settings:
     dicom_tls_min_version: str = "1.2"
     dicom_tls_handshake_timeout: float = 10.0
     # ARTIM timer (PS3.8 9.1.5): seconds a connection gets to send its
-    # A-ASSOCIATE-RQ, and a release its answer.
+    # A-ASSOCIATE-RQ, and a release request its response.
     dicom_acse_timeout: float = 30.0
     # Seconds to wait for a DIMSE response from the peer, such as a C-STORE
     # sub-operation's response during C-GET or C-MOVE.
@@ -67,7 +71,7 @@ class Settings:
 
         return cls(
             data_dir=data_dir,
-            database_url=env.get("DATABASE_URL") or f"sqlite:///{data_dir / 'portal.db'}",
+            database_url=_database_url(env, data_dir),
             portal_host=env.get("PORTAL_HOST") or "127.0.0.1",
             portal_port=_port(env, "PORTAL_PORT", 8000),
             dicom_ae_title=_ae_title(env, "DICOM_AE_TITLE", "PACS"),
@@ -93,7 +97,7 @@ class Settings:
             session_idle_minutes=_positive_int(env, "PORTAL_SESSION_IDLE_MINUTES", 30),
             trusted_proxies=_count(env, "PORTAL_TRUSTED_PROXIES", 0),
             dicom_public_host=_public_host(env),
-            ratelimit_storage_uri=env.get("PORTAL_RATELIMIT_STORAGE_URI") or "memory://",
+            ratelimit_storage_uri=_ratelimit_storage_uri(env),
             secret_key_value=env.get("SECRET_KEY") or None,
         )
 
@@ -200,6 +204,33 @@ def _ae_title(env: Mapping[str, str], name: str, default: str) -> str:
         return normalize_ae_title(raw)
     except InvalidAETitle as error:
         raise SettingsError(f"{name}={raw!r} is not a valid AE title: {error}") from None
+
+
+def _database_url(env: Mapping[str, str], data_dir: Path) -> str:
+    raw = env.get("DATABASE_URL")
+    if not raw:
+        return f"sqlite:///{data_dir / 'portal.db'}"
+    try:
+        backend = make_url(raw).get_backend_name()
+    except ArgumentError:
+        raise SettingsError(
+            "DATABASE_URL is not a database URL: use a form such as sqlite:////var/lib/pacs/portal.db "
+            "or postgresql+psycopg://USER:PASSWORD@HOST/DATABASE"
+        ) from None
+    if backend not in ("sqlite", "postgresql"):
+        raise SettingsError(f"DATABASE_URL names the database {backend!r}: use sqlite or postgresql")
+    return raw
+
+
+def _ratelimit_storage_uri(env: Mapping[str, str]) -> str:
+    raw = env.get("PORTAL_RATELIMIT_STORAGE_URI") or "memory://"
+    scheme = raw.split("://", 1)[0] if "://" in raw else ""
+    if scheme not in limits.storage.SCHEMES:
+        raise SettingsError(
+            f"PORTAL_RATELIMIT_STORAGE_URI={raw!r} is invalid: use memory://, or a shared store such as "
+            "redis://HOST:6379 or memcached://HOST:11211"
+        )
+    return raw
 
 
 def _public_host(env: Mapping[str, str]) -> str | None:
