@@ -6,9 +6,10 @@ instances of 64 KiB to 2 MiB for SOAK_SECONDS (default 60). About one
 transfer in ten ends in an A-ABORT or a TCP reset in the middle, and every
 10 to 20 seconds a worker gets SIGKILL. A sender sends an instance again
 until it is acknowledged or the time is up. Afterwards it prints the
-instances sent, acknowledged, stored, lost (acknowledged but not stored
-identically, must be 0) and duplicated (stored again by a repeated send),
-and exits 1 if any instance was lost or an unknown file is at a final path.
+instances sent, acknowledged, stored, lost and duplicated. Lost means
+acknowledged but not stored identically, and must be 0. Duplicated means
+stored again by a repeated send. It exits 1 if any instance was lost or an
+unknown file is at a final path.
 """
 
 from __future__ import annotations

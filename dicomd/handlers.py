@@ -96,7 +96,7 @@ class AssociationState:
     identity: IdentityPolicy
     operations: Counter = field(default_factory=Counter)
     aborted: bool = False
-    # The slot this association holds in the shared association table, if any.
+    # The slot this association occupies in the shared association table, if any.
     limit_slot: int | None = None
 
     def __str__(self) -> str:
@@ -104,10 +104,10 @@ class AssociationState:
 
 
 # The largest PDU accepted from a peer. dicomd announces a maximum P-DATA PDU
-# length of 1 MiB (MAXIMUM_PDU_BYTES in dicomd.listener); this bound leaves
-# room for peers that exceed it and for large A-ASSOCIATE-RQ PDUs. pynetdicom
-# (3.0) keeps reading up to any declared length, so a larger declared length
-# closes the connection before memory grows with it.
+# length of 1 MiB (MAXIMUM_PDU_BYTES in dicomd.listener), and this bound leaves
+# room for peers that exceed it and for large A-ASSOCIATE-RQ PDUs.
+# pynetdicom 3.0 keeps reading up to any declared length, so a larger declared
+# length closes the connection before memory grows with it.
 MAX_RECEIVED_PDU_BYTES = 4 * 1024 * 1024
 
 
@@ -317,9 +317,9 @@ class ListenerHandlers:
             # (a duplicate) is kept, because another request may have indexed it.
             log.exception("%s: indexing %s failed", state, stored.relative_path)
             state.operations["store_failed"] += 1
-            # NOTE: if another association stores the same instance at this
-            # moment, sees this file as a duplicate and indexes it before the
-            # removal, its acknowledged copy is removed here.
+            # NOTE: another association may store the same instance at this
+            # moment, find this file, index it as a duplicate and acknowledge
+            # it. Its acknowledged copy is then removed here.
             if not stored.duplicate:
                 self._remove_unindexed(state, stored.relative_path)
             return STATUS_OUT_OF_RESOURCES
@@ -433,7 +433,7 @@ class ListenerHandlers:
             detail = f"{destination_title!r} is not an enabled identity with a retrieve address"
             self._fail(state, "move_unknown_destination", REASON_MOVE_DESTINATION_UNKNOWN,
                        ValueError(detail), STATUS_MOVE_DESTINATION_UNKNOWN)
-            # pynetdicom answers an unknown address with 0xA801.
+            # For an unknown address, pynetdicom sends status 0xA801.
             yield None, None
             return
 

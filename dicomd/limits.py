@@ -5,7 +5,7 @@ worker. A worker writes the identity id of each association it accepts into
 a free slot of its own row and clears the slot when the association ends, so
 the totals over all rows are the open associations of this dicomd. When a
 worker dies, the supervisor clears its row before starting the replacement,
-so a killed worker never holds slots.
+so slots of a killed worker are freed before new associations arrive there.
 
 The limits apply per dicomd process tree. Several dicomd hosts behind a load
 balancer each enforce their own limits.

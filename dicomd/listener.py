@@ -261,11 +261,11 @@ def build_ae(settings: Settings) -> AE:
     ae.require_called_aet = False
     ae.require_calling_aet = []
     # Larger P-DATA PDUs from the sender mean fewer PDUs for pynetdicom to
-    # decode in Python, its main cost per instance. Each association holds
+    # decode in Python, its main cost per instance. Each association keeps
     # about one PDU in memory at a time.
     ae.maximum_pdu_size = MAXIMUM_PDU_BYTES
-    # ACSE: the ARTIM timer, the wait for an A-ASSOCIATE-RQ and a release
-    # answer. A silent or slow peer only holds its own thread until then.
+    # ACSE: the ARTIM timer, the wait for an A-ASSOCIATE-RQ and for a release
+    # response. A silent or slow peer occupies only its own thread until then.
     ae.acse_timeout = settings.dicom_acse_timeout
     ae.dimse_timeout = settings.dicom_dimse_timeout
     ae.network_timeout = settings.dicom_network_timeout

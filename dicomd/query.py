@@ -19,8 +19,8 @@ from portal.models import Instance, Study
 
 LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
 
-# How each attribute matches: a UID list, a date or time range, an integer, a
-# person name (case-insensitive) or any other string (case-sensitive).
+# Matching kinds of the attributes: a UID list, a date or time range, an
+# integer, a person name (case-insensitive) or any other string (case-sensitive).
 UID, DATE, TIME, NUMBER, NAME, TEXT = "UI", "DA", "TM", "IS", "PN", "TEXT"
 
 PATIENT_ATTRIBUTES = {
@@ -168,7 +168,16 @@ def matches(kind: str, query_value: str, stored_value: str | int | None) -> bool
 def _matches_text(pattern: str, value: str, *, ignore_case: bool) -> bool:
     if "*" not in pattern and "?" not in pattern:
         return value.lower() == pattern.lower() if ignore_case else value == pattern
-    expression = "".join(".*" if char == "*" else "." if char == "?" else re.escape(char) for char in pattern)
+    # DICOM wildcards: "*" matches any run of characters and "?" one character.
+    parts = []
+    for char in pattern:
+        if char == "*":
+            parts.append(".*")
+        elif char == "?":
+            parts.append(".")
+        else:
+            parts.append(re.escape(char))
+    expression = "".join(parts)
     return re.fullmatch(expression, value, re.DOTALL | (re.IGNORECASE if ignore_case else 0)) is not None
 
 
@@ -227,7 +236,7 @@ def _time_bound(text: str, *, upper: bool) -> float | None:
 
 
 def match_identifier(query: Query, record: dict) -> bool:
-    """Return whether `record` matches every matching key of `query` that its level knows.
+    """Return whether `record` matches every matching key of `query` that its level defines.
 
     Keys that the level does not have are not matched on: they are
     returned empty, as PS3.4 C.2.2.1 allows for unsupported keys.

@@ -30,7 +30,7 @@ MAX_REQUESTED_CONTEXTS = 128
 
 @dataclass(frozen=True)
 class RemoteAE:
-    """Where an outgoing association goes: a registered identity's AE title and retrieve address."""
+    """The destination of an outgoing association: a registered identity's AE title and retrieve address."""
 
     ae_title: str
     host: str

@@ -389,7 +389,7 @@ class ReceivingFile:
     pynetdicom lets an error from a write end the association, so the device
     would get no status at all. Here the first failed write empties the file,
     frees its space, notes the error for the handler and drops the rest of
-    the data set, so the handler can answer 0xA700 and the association goes on.
+    the data set, so the handler can send status 0xA700 and the association goes on.
     """
 
     def __init__(self, *args, **kwargs):

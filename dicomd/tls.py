@@ -44,7 +44,7 @@ class TlsConfigurationError(Exception):
 
 @dataclass(frozen=True)
 class TlsSession:
-    """What a completed handshake negotiated, as recorded on the association."""
+    """The parameters a completed handshake negotiated, as recorded on the association."""
 
     version: str | None
     cipher: str | None
@@ -63,7 +63,7 @@ def build_server_context(settings: Settings, files: TlsFiles) -> ssl.SSLContext:
     context.set_ciphers(BCP195_CIPHERS)
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
     # A client certificate is optional in the handshake, so that anonymous TLS
-    # reaches the association policy, which knows the identity. A certificate
+    # reaches the association policy, which reads the identity. A certificate
     # that is presented must still chain to the client CA.
     context.verify_mode = ssl.CERT_OPTIONAL
     try:

@@ -205,7 +205,7 @@ class UsageRecorder:
                     instances_received=Association.instances_received + 1,
                     bytes_received=Association.bytes_received + stored.size_bytes,
                 ),
-                # The session holds no Association or identity objects to refresh,
+                # The session has loaded no Association or identity objects to refresh,
                 # so SQLAlchemy's per-statement evaluation of them is skipped.
                 execution_options={"synchronize_session": False},
             )

@@ -4,7 +4,7 @@ MAX_LENGTH = 16
 
 
 class InvalidAETitle(ValueError):
-    """A value that is not a valid AE title; the message says why."""
+    """A value that is not a valid AE title. The message gives the reason."""
 
 
 def normalize_ae_title(value: str) -> str:

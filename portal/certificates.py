@@ -41,7 +41,7 @@ MAX_UPLOAD_BYTES = 64 * 1024
 
 
 class CertificateError(ValueError):
-    """Uploaded certificate data that cannot be used; the message says why and what to send instead."""
+    """Uploaded certificate data that cannot be used. The message gives the reason and what to send instead."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class TlsFiles:
 
 @dataclass(frozen=True)
 class CertificateInfo:
-    """What the configuration page shows about a certificate."""
+    """A certificate's details as the configuration page shows them."""
 
     subject: str
     issuer: str

@@ -58,8 +58,8 @@ def _sqlite_on_connect(dbapi_connection, connection_record) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA foreign_keys=ON")
-    # In WAL mode NORMAL still survives a process crash; instance files are
-    # fsynced on their own before a C-STORE is answered.
+    # In WAL mode NORMAL still survives a process crash, and instance files are
+    # fsynced on their own before dicomd sends a C-STORE response.
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
 

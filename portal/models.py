@@ -71,7 +71,7 @@ class Base(DeclarativeBase):
 
 
 class Permission(str, enum.Enum):
-    """What a role allows its users to do in the portal."""
+    """A right that a role grants its users in the portal."""
 
     INTEGRATIONS_MANAGE = "integrations.manage"
     USAGE_VIEW = "usage.view"

@@ -19,7 +19,7 @@ PERMISSION_LABELS = {
 
 
 class RoleError(ValueError):
-    """A role change that is not allowed; the message says why."""
+    """A role change that is not allowed. The message gives the reason."""
 
 
 def clean_role_name(session: Session, name: str, existing: Role | None = None) -> str:
@@ -60,7 +60,7 @@ def set_permission(session: Session, role: Role, permission: Permission, granted
                 f"cannot remove {permission.value} from {role.name}: no enabled user would be left "
                 "who can manage users"
             )
-    # A new list, so SQLAlchemy sees the JSON column change.
+    # A new list, so SQLAlchemy detects the change of the JSON column.
     role.permissions = [item.value for item in Permission if item.value in permissions]
 
 

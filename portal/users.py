@@ -19,7 +19,7 @@ ADMINISTRATOR_ROLE = "Administrator"
 
 
 class UserError(ValueError):
-    """A user cannot be created as requested; the message says why."""
+    """A user change that cannot be made as requested. The message gives the reason."""
 
 
 def find_user(session: Session, username: str) -> User | None:

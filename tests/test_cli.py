@@ -125,14 +125,16 @@ def test_identity_show_json_and_text(runner):
     result = runner.invoke(args=["identity", "show", "ECHO1", "--json"])
     assert json.loads(result.output)["name"] == "Echo"
     text = runner.invoke(args=["identity", "show", "ECHO1"]).output
-    assert "ae_title:" in text and "ECHO1" in text
+    assert "ae_title:" in text
+    assert "ECHO1" in text
 
 
 def test_identity_list_text(runner):
     assert "No identities" in runner.invoke(args=["identity", "list"]).output
     runner.invoke(args=["identity", "create", "--name", "Echo", "--ae-title", "ECHO1"])
     output = runner.invoke(args=["identity", "list"]).output
-    assert "ECHO1" in output and "never connected" in output
+    assert "ECHO1" in output
+    assert "never connected" in output
 
 
 def test_user_create_with_password_stdin(runner, client):

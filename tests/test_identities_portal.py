@@ -77,7 +77,8 @@ def test_list_shows_status_and_last_seen(app, admin_client):
     create(admin_client, "Cath Lab", "CATH1")
     admin_client.post(f"/settings/devices/dicom/{identity(app, 'CATH1').id}/enabled", data={"enabled": "false"})
     page = admin_client.get("/settings/devices/dicom").get_data(as_text=True)
-    assert "Echo Room 1" in page and "ECHO1" in page
+    assert "Echo Room 1" in page
+    assert "ECHO1" in page
     assert "never connected" in page
     assert "disabled" in page
     assert page.count("never</td>") == 2

@@ -254,8 +254,8 @@ def test_association_limit(app, environ, tmp_path, session, limit, second_callin
 def test_silent_peer_dropped(dicomd, session):
     add_identity(session, "MODALITY1")
     silent = socket.create_connection(("127.0.0.1", dicomd.port))
-    # A peer that stops in the middle of a PDU header is recorded; one that
-    # never sends a byte (such as a health check) is only dropped.
+    # A peer that stops in the middle of a PDU header is recorded. One that
+    # never sends a byte, such as a health check, is only dropped.
     partial = socket.create_connection(("127.0.0.1", dicomd.port))
     partial.sendall(association_request_pdu(b"MODALITY1")[:3])
     opened = time.monotonic()
@@ -340,7 +340,7 @@ def test_locked_database_store(dicomd, session, settings):
     assoc = sender("MODALITY1").associate("127.0.0.1", dicomd.port, ae_title="PACS")
     assert assoc.is_established
 
-    # Another writer holds the database for longer than dicomd's busy timeout
+    # Another writer locks the database for longer than dicomd's busy timeout
     # (15 seconds, SQLITE_BUSY_TIMEOUT_MS in portal.database).
     writer = sqlite3.connect(sqlite_path(settings.database_url), isolation_level=None)
     writer.execute("BEGIN EXCLUSIVE")
@@ -391,8 +391,8 @@ def test_locked_database_rejects_new_association_transiently(dicomd, session, se
         pytest.skip("holds a SQLite write lock; on PostgreSQL the same 15 s bound comes from lock_timeout")
     add_identity(session, "MODALITY1")
 
-    # The association record cannot be written while another writer holds the
-    # database past dicomd's busy timeout, so the device is told to retry.
+    # The association record cannot be written while another writer locks the
+    # database past dicomd's busy timeout, so dicomd rejects the device transiently.
     writer = sqlite3.connect(sqlite_path(settings.database_url), isolation_level=None)
     writer.execute("BEGIN EXCLUSIVE")
     try:

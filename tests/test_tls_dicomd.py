@@ -226,7 +226,7 @@ def test_tls_1_1_client_fails_and_is_recorded(dicomd, session, tls_port):
     assert rows[0].reason == "tls_handshake_failed"
     assert rows[0].peer_address == "127.0.0.1"
     # The client may fail before sending a TLS 1.1 hello when its own OpenSSL
-    # refuses TLS 1.1; then dicomd sees the connection close instead.
+    # rejects TLS 1.1. dicomd then records a closed connection instead.
     assert "older than TLS 1.2" in rows[0].detail or "closed the connection" in rows[0].detail
 
 

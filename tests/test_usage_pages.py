@@ -18,10 +18,12 @@ from tests.conftest import login
 def record(session, identity=None, *, ago=timedelta(minutes=5), outcome="accepted", reason=None,
            calling=None, peer="127.0.0.1", operations=None, instances=0, size=0, transport="plain"):
     started = utcnow() - ago
+    if calling is None and identity is not None:
+        calling = identity.ae_title
     association = Association(
         started_at=started, ended_at=started + timedelta(seconds=2),
         identity_id=identity.id if identity else None,
-        calling_ae_title=calling if calling is not None else (identity.ae_title if identity else None),
+        calling_ae_title=calling,
         called_ae_title="PACS", peer_address=peer, peer_port=40000, transport=transport, local_port=11112,
         outcome=outcome, reason=reason, operations=operations or {}, instances_received=instances,
         bytes_received=size,
