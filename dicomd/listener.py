@@ -34,6 +34,7 @@ from dicomd import configure_logging
 from dicomd.handlers import ListenerHandlers
 from dicomd.policy import Transport
 from dicomd.limits import AssociationLimits
+from dicomd.reactor import WakingRequestHandler
 from dicomd.storage import install_receiving_file, prepare_worker_incoming
 from dicomd.tls import ServerTls, describe_handshake_error, handshake
 from dicomd.usage import Peer, UsageRecorder
@@ -295,6 +296,7 @@ def start_server(ae: AE, listener: ListenerSocket, recorder: UsageRecorder, sett
         listener.socket.getsockname()[:2],
         evt_handlers=handlers.bindings(),
         listening_socket=listener.socket,
+        request_handler=WakingRequestHandler,
         **server_options,
     )
     server.on_request_timeout = handlers.handle_request_timeout

@@ -12,8 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.orm import Session
 
 from dicomd.policy import IdentityPolicy, RejectReason, Rejection, Transport
@@ -21,6 +20,7 @@ from dicomd.retrieve import RemoteAE
 from dicomd.storage import StoredInstance
 from dicomd.tls import TlsSession
 from portal.identities.service import find_by_ae_title
+from portal.database import upsert
 from portal.usage_days import add_usage, request_increments
 from portal.models import Association, DicomIdentity, Instance, Study, utcnow
 
@@ -56,10 +56,15 @@ def fit_text(column, value):
     return value
 
 
+def fitted_values(model, **values) -> dict:
+    """Return `values` for a `model` row with every text value cut to its column's length."""
+    columns = model.__table__.columns
+    return {name: fit_text(columns[name], value) for name, value in values.items()}
+
+
 def fitted(model, **values):
     """Build a `model` row with every text value cut to its column's length."""
-    columns = model.__table__.columns
-    return model(**{name: fit_text(columns[name], value) for name, value in values.items()})
+    return model(**fitted_values(model, **values))
 
 
 class UsageRecorder:
@@ -195,31 +200,31 @@ class UsageRecorder:
         index, gets them now.
         """
         now = utcnow()
-        with Session(self.engine) as session, session.begin():
-            study_id = self._upsert_study(session, identity_id, stored, now)
-            self._insert_instance(session, association_id, identity_id, study_id, stored, now)
-            session.execute(
-                update(Association)
-                .where(Association.id == association_id)
+        # Core statements on one connection: this runs for every instance
+        # received, and the ORM's unit of work would cost more than the SQL.
+        with self.engine.begin() as connection:
+            study_id = self._upsert_study(connection, identity_id, stored, now)
+            self._insert_instance(connection, association_id, identity_id, study_id, stored, now)
+            associations = Association.__table__
+            connection.execute(
+                update(associations)
+                .where(associations.c.id == association_id)
                 .values(
-                    instances_received=Association.instances_received + 1,
-                    bytes_received=Association.bytes_received + stored.size_bytes,
-                ),
-                # The session has loaded no Association or identity objects to refresh,
-                # so SQLAlchemy's per-statement evaluation of them is skipped.
-                execution_options={"synchronize_session": False},
+                    instances_received=associations.c.instances_received + 1,
+                    bytes_received=associations.c.bytes_received + stored.size_bytes,
+                )
             )
-            session.execute(
-                update(DicomIdentity)
-                .where(DicomIdentity.id == identity_id)
+            identities = DicomIdentity.__table__
+            connection.execute(
+                update(identities)
+                .where(identities.c.id == identity_id)
                 .values(
-                    instances_received=DicomIdentity.instances_received + 1,
-                    bytes_received=DicomIdentity.bytes_received + stored.size_bytes,
+                    instances_received=identities.c.instances_received + 1,
+                    bytes_received=identities.c.bytes_received + stored.size_bytes,
                     last_seen_at=now,
-                ),
-                execution_options={"synchronize_session": False},
+                )
             )
-            add_usage(session, identity_id, now.date(), instances_received=1, bytes_received=stored.size_bytes)
+            add_usage(connection, identity_id, now.date(), instances_received=1, bytes_received=stored.size_bytes)
 
     def record_end(self, association_id: int, *, operations: Mapping[str, int], aborted: bool) -> None:
         """Close an accepted association's row with its end time and operation counts."""
@@ -244,11 +249,19 @@ class UsageRecorder:
                 execution_options={"synchronize_session": False},
             )
 
-    def _upsert_study(self, session: Session, identity_id: int, stored: StoredInstance, now: datetime) -> int:
+    def _upsert_study(self, connection: Connection, identity_id: int, stored: StoredInstance, now: datetime) -> int:
+        """Return the id of the instance's study row, inserting it or noting the new receipt and modality."""
         header = stored.header
-        study = session.scalar(select(Study).where(Study.study_instance_uid == header.study_instance_uid))
+        studies = Study.__table__
+        touch = (
+            update(studies)
+            .where(studies.c.study_instance_uid == header.study_instance_uid)
+            .values(last_received_at=now)
+            .returning(studies.c.id, studies.c.modalities)
+        )
+        study = connection.execute(touch).first()
         if study is None:
-            study = fitted(
+            values = fitted_values(
                 Study,
                 study_instance_uid=header.study_instance_uid,
                 identity_id=identity_id,
@@ -265,39 +278,39 @@ class UsageRecorder:
                 first_received_at=now,
                 last_received_at=now,
             )
-            try:
-                with session.begin_nested():
-                    session.add(study)
-            except IntegrityError:
-                # Another worker inserted the same study first.
-                study = session.scalar(select(Study).where(Study.study_instance_uid == header.study_instance_uid))
-            else:
-                return study.id
+            insert = upsert(connection, studies).values(values)
+            inserted = connection.execute(
+                insert.on_conflict_do_nothing(index_elements=[studies.c.study_instance_uid]).returning(studies.c.id)
+            ).first()
+            if inserted is not None:
+                return inserted.id
+            # Another worker inserted the same study first.
+            study = connection.execute(touch).one()
 
-        study.last_received_at = now
         # NOTE: the modality list is read and written back, so two workers adding
         # different modalities to one study at the same moment may lose one.
         modalities = study.modalities.split("\\") if study.modalities else []
         if header.modality and header.modality not in modalities:
-            study.modalities = fit_text(Study.modalities, "\\".join([*modalities, header.modality]))
-        session.flush()
+            connection.execute(
+                update(studies)
+                .where(studies.c.id == study.id)
+                .values(modalities=fit_text(studies.c.modalities, "\\".join([*modalities, header.modality])))
+            )
         return study.id
 
     def _insert_instance(
         self,
-        session: Session,
+        connection: Connection,
         association_id: int,
         identity_id: int,
         study_id: int,
         stored: StoredInstance,
         now: datetime,
     ) -> None:
+        """Insert the instance's index row; an instance indexed before keeps its row."""
         header = stored.header
-        exists = session.scalar(select(Instance.id).where(Instance.sop_instance_uid == header.sop_instance_uid))
-        if exists is not None:
-            return
-
-        instance = fitted(
+        instances = Instance.__table__
+        values = fitted_values(
             Instance,
             sop_instance_uid=header.sop_instance_uid,
             sop_class_uid=header.sop_class_uid,
@@ -314,11 +327,8 @@ class UsageRecorder:
             path=stored.relative_path,
             received_at=now,
         )
-        try:
-            with session.begin_nested():
-                session.add(instance)
-        except IntegrityError:
-            log.info("instance %s was indexed by another worker first", header.sop_instance_uid)
+        insert = upsert(connection, instances).values(values)
+        connection.execute(insert.on_conflict_do_nothing(index_elements=[instances.c.sop_instance_uid]))
 
 
 def _tls_columns(session: TlsSession | None) -> dict:

@@ -7,8 +7,10 @@ from pathlib import Path
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, Table, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -85,3 +87,15 @@ def check_schema_current(engine: Engine) -> None:
             f"the database at {engine.url.render_as_string(hide_password=True)} is at {found}, "
             f"not at the latest revision {head}: run `portal db upgrade` to upgrade it"
         )
+
+
+def upsert(connection: Session | Connection, table: Table):
+    """Return an INSERT on `table` that takes ON CONFLICT clauses in the dialect of `connection`.
+
+    SQLite (3.24 and later) and PostgreSQL share the ON CONFLICT syntax, and
+    SQLAlchemy offers it per dialect.
+    """
+    dialect = connection.dialect if isinstance(connection, Connection) else connection.get_bind().dialect
+    if dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import date
 
-from sqlalchemy import update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
+from portal.database import upsert
 from portal.models import UsageDay
 
 COUNTERS = frozenset(
@@ -25,11 +25,11 @@ OPERATION_COUNTERS = {
 }
 
 
-def add_usage(session: Session, identity_id: int, day: date, **increments: int) -> None:
+def add_usage(connection: Session | Connection, identity_id: int, day: date, **increments: int) -> None:
     """Add `increments` to the identity's counters for `day`, creating the row if needed.
 
-    The addition happens in SQL, so concurrent writers from several processes
-    never lose an update. The caller commits.
+    One INSERT ... ON CONFLICT DO UPDATE adds in SQL, so concurrent writers
+    from several processes never lose an update. The caller commits.
     """
     unknown = set(increments) - COUNTERS
     if unknown:
@@ -38,14 +38,13 @@ def add_usage(session: Session, identity_id: int, day: date, **increments: int) 
     if not increments:
         return
 
-    if _increment(session, identity_id, day, increments):
-        return
-    try:
-        with session.begin_nested():
-            session.add(UsageDay(identity_id=identity_id, day=day, **increments))
-    except IntegrityError:
-        # Another process created the row between the update and the insert.
-        _increment(session, identity_id, day, increments)
+    table = UsageDay.__table__
+    statement = upsert(connection, table).values(identity_id=identity_id, day=day, **increments)
+    statement = statement.on_conflict_do_update(
+        index_elements=[table.c.identity_id, table.c.day],
+        set_={name: table.c[name] + statement.excluded[name] for name in increments},
+    )
+    connection.execute(statement)
 
 
 # Keys of Association.operations that mark a subset of requests already counted
@@ -70,11 +69,3 @@ def request_counts(operations: dict[str, int]) -> dict[str, int]:
 def request_increments(operations: dict[str, int]) -> dict[str, int]:
     """Turn an association's `operations` into increments of the request counters."""
     return {OPERATION_COUNTERS[name]: count for name, count in request_counts(operations).items()}
-
-
-def _increment(session: Session, identity_id: int, day: date, increments: dict[str, int]) -> bool:
-    values = {name: getattr(UsageDay, name) + value for name, value in increments.items()}
-    result = session.execute(
-        update(UsageDay).where(UsageDay.identity_id == identity_id, UsageDay.day == day).values(values)
-    )
-    return result.rowcount > 0

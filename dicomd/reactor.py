@@ -1,0 +1,274 @@
+"""Accepted associations whose pynetdicom threads wait for work instead of polling for it.
+
+pynetdicom (3.0.4) runs two threads per association. The DUL thread reads
+PDUs and sends what the association queued; the association thread serves
+the DIMSE messages the DUL assembled. Both poll: the DUL sleeps 1 ms
+whenever it has nothing to do and the association thread sleeps 1 ms
+before every look at its queues. A C-STORE on one association waits
+through several of these sleeps (the request's last PDU, the handler, the
+response), which costs more time per instance than the handler's own work.
+
+Here the DUL thread blocks in select() on its connection and on a wake-up
+socket. The association writes to that socket whenever it queues a PDU or
+stops the thread. The association thread blocks on an event, which the DUL
+sets after each state machine action. Both threads still wake up every
+IDLE_WAIT_SECONDS to check their timers. The rest, including the state
+machine, is pynetdicom's.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import select
+import socket
+import ssl
+import threading
+from copy import deepcopy
+from datetime import datetime
+
+from pynetdicom import evt
+from pynetdicom._globals import MODE_ACCEPTOR
+from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.transport import AssociationSocket, RequestHandler
+
+log = logging.getLogger(__name__)
+
+# How long a thread with nothing to do sleeps before it checks the ARTIM and
+# network timers again. Both timers count whole seconds.
+IDLE_WAIT_SECONDS = 0.05
+
+# A-ABORT source 0x02: the DICOM UL service provider (PS3.8 9.3.8).
+ABORT_SOURCE_PROVIDER = 0x02
+
+
+class WakingDUL(DULServiceProvider):
+    """pynetdicom's DUL, with a reactor that sleeps in select() until a PDU arrives or one is queued."""
+
+    def __init__(self, assoc: Association):
+        # The wake-up pair exists before Thread.__init__ sets _kill_thread.
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._wake_reader.setblocking(False)
+        self._wake_writer.setblocking(False)
+        self._stopping = False
+        super().__init__(assoc)
+
+    # pynetdicom stops the thread by setting this flag from other threads
+    # (kill_dul, stop_dul), so the setter wakes the reactor to notice it.
+    @property
+    def _kill_thread(self) -> bool:
+        return self._stopping
+
+    @_kill_thread.setter
+    def _kill_thread(self, value: bool) -> None:
+        self._stopping = value
+        if value:
+            self._wake()
+
+    def send_pdu(self, primitive) -> None:
+        super().send_pdu(primitive)
+        self._wake()
+
+    def run_reactor(self) -> None:
+        try:
+            self._serve()
+        finally:
+            self._wake_reader.close()
+            self._wake_writer.close()
+
+    def _serve(self) -> None:
+        self._idle_timer.start()
+        self.assoc._dul_ready.set()
+        while not self._kill_thread:
+            # The ARTIM event goes on the queue ahead of anything read this round.
+            if self.artim_timer.expired:
+                self.event_queue.put("Evt18")
+
+            # One round either sends one queued primitive or reads one PDU.
+            try:
+                if self._process_recv_primitive():
+                    pass
+                elif self._is_transport_event():
+                    self._idle_timer.restart()
+            except Exception:
+                self._abort_after_error()
+                return
+
+            try:
+                event = self.event_queue.get(block=False)
+            except queue.Empty:
+                self._wait_for_work()
+                continue
+            self.state_machine.do_action(event)
+            self.assoc.wake()
+
+    def _abort_after_error(self) -> None:
+        """Send an A-ABORT directly and stop both threads, as pynetdicom does when its reactor fails."""
+        log.exception("the DUL of the association from %s failed; aborting it", self.assoc.requestor.address)
+        abort = A_ABORT_RQ()
+        abort.source = ABORT_SOURCE_PROVIDER
+        abort.reason_diagnostic = 0x00
+        try:
+            self.socket.send(abort.encode())
+        except Exception:
+            log.debug("sending the A-ABORT failed", exc_info=True)
+        self.assoc.is_aborted = True
+        self.assoc.is_established = False
+        self.assoc._kill = True
+        self._kill_thread = True
+
+    def _wait_for_work(self) -> None:
+        """Block until the connection has data, a primitive is queued, the thread is stopped or IDLE_WAIT_SECONDS pass."""
+        waiting_on = [self._wake_reader]
+        connection = self._open_connection()
+        if connection is not None:
+            # Data that OpenSSL already decrypted is invisible to select().
+            if isinstance(connection, ssl.SSLSocket) and connection.pending():
+                return
+            waiting_on.append(connection)
+
+        # Something may have been queued between the check and this wait;
+        # the wake-up byte written for it is still unread, so select() returns at once.
+        try:
+            readable, _, _ = select.select(waiting_on, [], [], IDLE_WAIT_SECONDS)
+        except (OSError, ValueError):
+            # The connection was closed by another thread; the next round sees it.
+            return
+        if self._wake_reader in readable:
+            self._drain_wake_ups()
+
+    def _open_connection(self) -> socket.socket | None:
+        transport = self.socket
+        if transport is None or not transport._is_connected or transport.socket is None:
+            return None
+        if transport.socket.fileno() < 0:
+            return None
+        return transport.socket
+
+    def _wake(self) -> None:
+        try:
+            self._wake_writer.send(b"\0")
+        except (BlockingIOError, OSError):
+            # A full buffer already holds a wake-up; a closed one means the thread has ended.
+            pass
+
+    def _drain_wake_ups(self) -> None:
+        try:
+            while self._wake_reader.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+
+class WakingAssociation(Association):
+    """pynetdicom's association, whose reactor waits on an event that its DUL sets instead of sleeping 1 ms per round."""
+
+    def __init__(self, ae, mode: str):
+        self._activity = threading.Event()
+        self._stopping = False
+        super().__init__(ae, mode)
+        self.dul = WakingDUL(self)
+        # Association.__init__ gave these timeouts to the DUL it replaced.
+        self.acse_timeout = self.acse_timeout
+        self.network_timeout = self.network_timeout
+
+    # Set by kill() and by the DUL after a failure; the reactor must notice it at once.
+    @property
+    def _kill(self) -> bool:
+        return self._stopping
+
+    @_kill.setter
+    def _kill(self, value: bool) -> None:
+        self._stopping = value
+        if value:
+            self.wake()
+
+    def wake(self) -> None:
+        """Let the reactor look at its queues now: a message, a release or an abort may have arrived."""
+        self._activity.set()
+
+    def _run_reactor(self) -> None:
+        """Serve DIMSE messages until the association is released, aborted, lost or idle too long.
+
+        The checks and their order are pynetdicom's; only the wait differs.
+        """
+        self._is_paused = False
+        while not self._kill:
+            # The reactor counts as paused while it waits: a send_*() call from
+            # another thread may use the DIMSE queue meanwhile, and the
+            # checkpoint below holds the reactor until that call is done.
+            self._is_paused = True
+            self._activity.wait(IDLE_WAIT_SECONDS)
+            self._activity.clear()
+            self._reactor_checkpoint.wait()
+            self._is_paused = False
+
+            context_id, message = self.dimse.get_msg(block=False)
+            if message:
+                self._serve_request(message, context_id)
+                # The DUL may have assembled the next message while this one was served.
+                self._activity.set()
+
+            if self.is_established and self.acse.is_release_requested():
+                self.acse.send_release(is_response=True)
+                log.debug("association from %s released", self.requestor.address)
+                self.is_released = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_RELEASED, {})
+                self.kill()
+                return
+
+            if self.acse.is_aborted():
+                # Takes the abort primitive off the queue, so EVT_ACSE_RECV fires for it.
+                self.dul.receive_pdu(wait=False)
+                self.is_aborted = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_ABORTED, {})
+                self.kill()
+                return
+
+            if not self.dul.is_alive():
+                self.kill()
+                return
+
+            if self.dul.idle_timer_expired():
+                log.warning("network timeout on the association from %s", self.requestor.address)
+                if self.network_timeout_response == "A-RELEASE":
+                    # release() waits until the reactor is paused, and this is the reactor.
+                    self._is_paused = True
+                    self.release()
+                else:
+                    self.abort()
+                self.kill()
+                return
+
+
+class WakingRequestHandler(RequestHandler):
+    """The server's handler for a new connection: builds a WakingAssociation configured as pynetdicom would."""
+
+    def _create_association(self) -> WakingAssociation:
+        assoc = WakingAssociation(self.ae, MODE_ACCEPTOR)
+        assoc._server = self.server
+        assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
+        assoc.set_socket(AssociationSocket(assoc, client_socket=self.request))
+
+        acceptor = assoc.acceptor
+        acceptor.maximum_length = self.ae.maximum_pdu_size
+        acceptor.ae_title = self.server.ae_title
+        acceptor.address_info = self.local
+        acceptor.implementation_class_uid = self.ae.implementation_class_uid
+        acceptor.implementation_version_name = self.ae.implementation_version_name
+        # Negotiation edits the contexts, so each association gets its own copy.
+        acceptor.supported_contexts = deepcopy(self.server.contexts)
+        assoc.requestor.address_info = self.remote
+
+        for event, handlers in self.server._handlers.items():
+            if event.is_intervention:
+                if handlers:
+                    assoc.bind(event, *handlers)
+            else:
+                for handler, arguments in handlers:
+                    assoc.bind(event, handler, arguments)
+        return assoc
