@@ -12,9 +12,13 @@ import ssl
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 
+from pydicom.dataset import Dataset
 from pynetdicom import evt
+from pynetdicom.dimse_primitives import C_MOVE
+from pynetdicom.dsutils import encode
 from pynetdicom.events import Event
 from sqlalchemy.orm import Session
 
@@ -52,6 +56,8 @@ STATUS_CANCEL = 0xFE00
 STATUS_IDENTIFIER_MISMATCH = 0xA900
 # C-MOVE Failure: Refused: Move Destination unknown.
 STATUS_MOVE_DESTINATION_UNKNOWN = 0xA801
+# C-GET and C-MOVE Failure: Refused: Out of Resources, unable to perform sub-operations.
+STATUS_SUB_OPERATIONS_REFUSED = 0xA702
 # Failure: Unable to process (C-FIND 0xC000 to 0xCFFF).
 STATUS_UNABLE_TO_PROCESS = 0xC001
 # N-ACTION failures of PS3.7 Annex C: Missing Attribute, and No Such Action.
@@ -70,6 +76,7 @@ REASON_OPERATION_NOT_PERMITTED = "operation_not_permitted"
 REASON_INVALID_DATASET = "invalid_dataset"
 REASON_STORAGE_FAILED = "storage_failed"
 REASON_MOVE_DESTINATION_UNKNOWN = "move_destination_unknown"
+REASON_MOVE_DESTINATION_FAILED = "move_destination_failed"
 
 # Query/Retrieve information models by SOP Class UID (PS3.4 C.6).
 QR_MODELS = {
@@ -398,20 +405,15 @@ class ListenerHandlers:
 
         state.operations["get"] += 1
         log.info("%s: C-GET of %d instances", state, len(items))
-        yield len(items)
-        for item in items:
-            if event.is_cancelled:
-                log.info("%s: C-GET cancelled by the peer", state)
-                yield STATUS_CANCEL, None
-                return
-            yield STATUS_PENDING, retrieve.load_dataset(item)
+        yield from self._sub_operations(state, event, "get", items)
 
     def handle_move(self, event: Event):
         """Yield the destination's address, the number of instances, then one (status, data set) per sub-operation.
 
         The destination is the enabled identity whose AE title is the Move
         Destination and which has a retrieve address; any other gets
-        STATUS_MOVE_DESTINATION_UNKNOWN.
+        STATUS_MOVE_DESTINATION_UNKNOWN. When the association with the
+        destination fails, the final status is STATUS_SUB_OPERATIONS_REFUSED.
         """
         state = self._state(event)
         if state is None:
@@ -438,10 +440,11 @@ class ListenerHandlers:
             return
 
         items, status = self._retrieve_items(state, event, "move")
+        tls_errors: list[OSError] = []
         if status is None:
             try:
                 options = {
-                    **retrieve.association_options(destination, self.settings),
+                    **retrieve.association_options(destination, self.settings, tls_errors=tls_errors),
                     "contexts": retrieve.presentation_contexts(items) if items else None,
                 }
             except Exception:
@@ -455,14 +458,11 @@ class ListenerHandlers:
         state.operations["move"] += 1
         log.info("%s: C-MOVE of %d instances to %s at %s:%s%s", state, len(items), destination.ae_title,
                  destination.host, destination.port, " over TLS" if destination.use_tls else "")
+        if items:
+            # pynetdicom opens the association only when there is an instance to send.
+            self._end_move_if_no_association(state, event, destination, items, tls_errors)
         yield destination.host, destination.port, options
-        yield len(items)
-        for item in items:
-            if event.is_cancelled:
-                log.info("%s: C-MOVE cancelled by the peer", state)
-                yield STATUS_CANCEL, None
-                return
-            yield STATUS_PENDING, retrieve.load_dataset(item)
+        yield from self._sub_operations(state, event, "move", items)
 
     def handle_n_action(self, event: Event):
         """Check a storage commitment request, return its N-ACTION status and send the N-EVENT-REPORT.
@@ -600,6 +600,59 @@ class ListenerHandlers:
             return False
         return policy.is_operation_permitted(current, operation)
 
+    def _sub_operations(self, state: AssociationState, event: Event, operation: str,
+                        items: list[retrieve.RetrieveItem]):
+        """Yield the number of C-STORE sub-operations, then a pending (status, data set) per instance.
+
+        pynetdicom sends each data set, counts the sub-operations by their
+        C-STORE status and lists the failed SOP Instance UIDs in the final
+        or Cancel response as Failed SOP Instance UID List. A file that
+        cannot be read becomes a data set that pynetdicom cannot send, so
+        its instance is counted and listed as failed.
+        """
+        yield len(items)
+        for item in items:
+            if event.is_cancelled:
+                log.info("%s: C-%s cancelled by the peer", state, operation.upper())
+                yield STATUS_CANCEL, None
+                return
+            yield STATUS_PENDING, retrieve.load_dataset(item)
+
+    def _end_move_if_no_association(self, state: AssociationState, event: Event, destination: retrieve.RemoteAE,
+                                    items: list[retrieve.RetrieveItem], tls_errors: list[OSError]) -> None:
+        """Make a failed association with the Move Destination end the C-MOVE with every instance failed.
+
+        pynetdicom (3.0.4) then sends 0xA801 (Move Destination unknown)
+        without sub-operation counts, although the destination is known.
+        Once the handler has yielded a destination, 0xA801 comes only from
+        that failure, so it becomes STATUS_SUB_OPERATIONS_REFUSED with every
+        instance counted and listed as failed. The association's record gets
+        REASON_MOVE_DESTINATION_FAILED with the TLS error where there is one.
+        """
+        def replace_status(response) -> None:
+            if response.Status != STATUS_MOVE_DESTINATION_UNKNOWN:
+                return
+            address = f"{destination.host}:{destination.port}{' over TLS' if destination.use_tls else ''}"
+            if tls_errors:
+                cause = f"the TLS connection failed: {tls_errors[0]}"
+            else:
+                cause = ("the connection failed, or the destination rejected or aborted the association, "
+                         "and dicomd's log shows pynetdicom's error")
+            error = ConnectionError(f"no association with {destination.ae_title} at {address}: {cause}")
+            # Each request is counted once, so this one moves from "move" to its failure.
+            state.operations["move"] -= 1
+            if not state.operations["move"]:
+                del state.operations["move"]
+            self._fail(state, "move_destination_failed", REASON_MOVE_DESTINATION_FAILED, error,
+                       STATUS_SUB_OPERATIONS_REFUSED)
+            response.Status = STATUS_SUB_OPERATIONS_REFUSED
+            response.NumberOfCompletedSuboperations = 0
+            response.NumberOfFailedSuboperations = len(items)
+            response.NumberOfWarningSuboperations = 0
+            response.Identifier = _failed_instances_identifier(event, [item.sop_instance_uid for item in items])
+
+        _change_next_move_response(event, replace_status)
+
     def _retrieve_items(self, state: AssociationState, event: Event, operation: str):
         """Return (instances, None) for a C-GET or C-MOVE identifier, or (None, status) when it fails."""
         model = QR_MODELS.get(str(event.request.AffectedSOPClassUID), "STUDY")
@@ -713,18 +766,45 @@ def _final_move_status(event: Event, status: int):
 
     pynetdicom (3.0) lets a C-MOVE handler end a request before any
     sub-operation only with 0xA801, by yielding an unknown destination. Its
-    next response on this association is rewritten to carry `status`.
+    next response to this request is changed to carry `status`.
+    """
+    def set_status(response) -> None:
+        response.Status = status
+
+    _change_next_move_response(event, set_status)
+    return None, None
+
+
+def _change_next_move_response(event: Event, change) -> None:
+    """Pass the next C-MOVE response to the request of `event` through `change` before pynetdicom sends it.
+
+    Other messages on the association, such as a storage commitment report
+    sent from another thread, pass unchanged. An error in `change` is logged
+    and the response is sent as pynetdicom built it.
     """
     dimse = event.assoc.dimse
     send_msg = dimse.send_msg
+    message_id = event.request.MessageID
 
-    def send_with_status(message, context_id):
-        dimse.send_msg = send_msg
-        message.Status = status
+    def send_changed(message, context_id):
+        if isinstance(message, C_MOVE) and message.MessageIDBeingRespondedTo == message_id:
+            dimse.send_msg = send_msg
+            try:
+                change(message)
+            except Exception:
+                log.exception("changing the C-MOVE response to message %s from %s failed",
+                              message_id, _address_of(event.assoc))
         send_msg(message, context_id)
 
-    dimse.send_msg = send_with_status
-    return None, None
+    dimse.send_msg = send_changed
+
+
+def _failed_instances_identifier(event: Event, sop_instance_uids: list[str]) -> BytesIO:
+    """Encode a response identifier with Failed SOP Instance UID List (0008,0058) in the request's transfer syntax."""
+    identifier = Dataset()
+    identifier.FailedSOPInstanceUIDList = sop_instance_uids
+    syntax = event.context.transfer_syntax
+    return BytesIO(encode(identifier, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated))
 
 
 class ConnectionWatch:
@@ -732,6 +812,9 @@ class ConnectionWatch:
 
     pynetdicom's DUL reads a PDU's 6-byte header, then calls `recv` with the
     declared length of the rest, so that argument is the declared length.
+    The data is read straight into a buffer of that length, where pynetdicom
+    (3.0.4) would read it 4 KiB at a time: a 1 MiB PDU then takes a few
+    system calls instead of 256.
     """
 
     def __init__(self, assoc):
@@ -739,7 +822,6 @@ class ConnectionWatch:
         self.connection = assoc.dul.socket.socket
         self.received_data = False
         self.oversized_pdu: int | None = None
-        self._recv = assoc.dul.socket.recv
         assoc.dul.socket.recv = self.recv
 
     def recv(self, nr_bytes: int):
@@ -748,7 +830,7 @@ class ConnectionWatch:
             # pynetdicom treats an OSError from recv as a closed connection.
             raise OSError(f"declared PDU length {nr_bytes} exceeds {MAX_RECEIVED_PDU_BYTES} bytes")
         try:
-            data = self._recv(nr_bytes)
+            data = self._read(nr_bytes)
         except TimeoutError:
             # pynetdicom reads only when data is waiting, so a timeout here
             # means the peer stopped in the middle of a PDU.
@@ -756,6 +838,21 @@ class ConnectionWatch:
             raise
         if data:
             self.received_data = True
+        return data
+
+    def _read(self, nr_bytes: int) -> bytearray:
+        """Read `nr_bytes`, or fewer if the peer closes the connection first, as pynetdicom's recv does."""
+        data = bytearray(nr_bytes)
+        view = memoryview(data)
+        received = 0
+        while received < nr_bytes:
+            count = self.connection.recv_into(view[received:])
+            if not count:
+                break
+            received += count
+        view.release()
+        if received < nr_bytes:
+            del data[received:]
         return data
 
 

@@ -124,12 +124,43 @@ def presentation_contexts(items: list[RetrieveItem]) -> list[PresentationContext
     return [build_context(sop_class, transfer_syntaxes) for sop_class, transfer_syntaxes in syntaxes.items()]
 
 
-def association_options(remote: RemoteAE, settings: Settings) -> dict:
-    """Return the `AE.associate` keyword arguments for an outgoing association to `remote`."""
+def association_options(remote: RemoteAE, settings: Settings, tls_errors: list[OSError] | None = None) -> dict:
+    """Return the `AE.associate` keyword arguments for an outgoing association to `remote`.
+
+    With `tls_errors`, the association's TLS socket appends each error of its
+    handshake and reads to that list, because pynetdicom (3.0) only logs why
+    an outgoing association failed.
+    """
     options: dict = {"ae_title": remote.ae_title}
     if remote.use_tls:
-        options["tls_args"] = (client_tls_context(settings), remote.host)
+        context = client_tls_context(settings)
+        if tls_errors is not None:
+            context.sslsocket_class = ErrorNotingSSLSocket
+            context.noted_errors = tls_errors
+        options["tls_args"] = (context, remote.host)
     return options
+
+
+class ErrorNotingSSLSocket(ssl.SSLSocket):
+    """A client TLS socket that appends the errors of its handshake and reads to its context's `noted_errors`."""
+
+    def connect(self, address) -> None:
+        try:
+            super().connect(address)
+        except OSError as error:
+            self.context.noted_errors.append(error)
+            raise
+
+    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+        # With TLS 1.3 the client's handshake ends before the server has
+        # checked the client certificate, so a rejected certificate shows up
+        # as an alert on the first read. Only TLS errors are noted, because
+        # the socket also reads once before it is connected, expecting ENOTCONN.
+        try:
+            return super().recv(buflen, flags)
+        except ssl.SSLError as error:
+            self.context.noted_errors.append(error)
+            raise
 
 
 def client_tls_context(settings: Settings) -> ssl.SSLContext:

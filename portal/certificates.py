@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import ipaddress
+import logging
 import os
 import socket
 from contextlib import contextmanager
@@ -24,6 +25,8 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from portal.settings import Settings
+
+log = logging.getLogger(__name__)
 
 TLS_DIR_NAME = "tls"
 CA_CERT_NAME = "ca.pem"
@@ -133,13 +136,23 @@ def ensure_private_ca(settings: Settings) -> tuple[Path, Path]:
 
 
 def ensure_server_pair(settings: Settings) -> tuple[Path, Path]:
-    """Create a server certificate signed by the private CA unless one exists; return its certificate and key paths."""
+    """Create a server certificate signed by the private CA unless a usable one exists, and return its certificate and key paths.
+
+    dicomd also presents this certificate as the client certificate of its
+    own outgoing TLS associations (C-MOVE and storage commitment reports),
+    so it carries both the serverAuth and the clientAuth extended key usage.
+    A generated certificate without clientAuth, as earlier versions made
+    them, is replaced, because TLS peers reject it as a client certificate.
+    """
     directory = tls_dir(settings)
     cert_path, key_path = directory / SERVER_CERT_NAME, directory / SERVER_KEY_NAME
     ca_cert_path, ca_key_path = ensure_private_ca(settings)
     with _tls_dir_lock(settings):
         if cert_path.exists() and key_path.exists():
-            return cert_path, key_path
+            if not _lacks_client_auth(cert_path):
+                return cert_path, key_path
+            log.warning("replacing the generated server certificate %s: it lacks the clientAuth extended key "
+                        "usage that outgoing TLS associations need", cert_path)
 
         ca_cert, ca_key = load_ca(ca_cert_path, ca_key_path)
         key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_KEY_BITS)
@@ -149,12 +162,29 @@ def ensure_server_pair(settings: Settings) -> tuple[Path, Path]:
         cert = (
             builder
             .add_extension(x509.SubjectAlternativeName(names), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                critical=False,
+            )
             .sign(ca_key, hashes.SHA256())
         )
         _write_private(key_path, private_key_pem(key))
         _write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM) + ca_cert.public_bytes(serialization.Encoding.PEM))
         return cert_path, key_path
+
+
+def _lacks_client_auth(cert_path: Path) -> bool:
+    """Return whether the first certificate in `cert_path` limits its use by an extended key usage without clientAuth.
+
+    A file that cannot be read counts as usable here, so that loading it
+    later fails with a message naming the file.
+    """
+    try:
+        certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        usage = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except (x509.ExtensionNotFound, OSError, ValueError):
+        return False
+    return ExtendedKeyUsageOID.CLIENT_AUTH not in usage
 
 
 def server_names(listen_host: str) -> list[x509.GeneralName]:

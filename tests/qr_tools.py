@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import time
@@ -43,13 +44,13 @@ def getscu(port: int, calling: str, keys: dict[str, str], output_dir: Path) -> s
                                *key_arguments(keys), "127.0.0.1", str(port)])
 
 
-def movescu(port: int, calling: str, destination: str, keys: dict[str, str]) -> subprocess.CompletedProcess:
-    return run_tool("movescu", ["-v", "-S", "-aet", calling, "-aec", "PACS", "-aem", destination,
+def movescu(port: int, calling: str, destination: str, keys: dict[str, str], *options: str) -> subprocess.CompletedProcess:
+    return run_tool("movescu", ["-v", *options, "-S", "-aet", calling, "-aec", "PACS", "-aem", destination,
                                 *key_arguments(keys), "127.0.0.1", str(port)])
 
 
-def start_storescp(port: int, ae_title: str, output_dir: Path, log_path: Path) -> subprocess.Popen:
-    """Start DCMTK storescp and wait until it accepts connections on 127.0.0.1.
+def start_storescp(port: int, ae_title: str, output_dir: Path, log_path: Path, *options: str) -> subprocess.Popen:
+    """Start DCMTK storescp with extra `options` and wait until it accepts connections on 127.0.0.1.
 
     storescp (DCMTK 3.6.7) has no option to bind one address, so it listens on every interface.
     """
@@ -57,7 +58,7 @@ def start_storescp(port: int, ae_title: str, output_dir: Path, log_path: Path) -
     output_dir.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log_file:
         process = subprocess.Popen(
-            [command, "-v", "-aet", ae_title, "+xa", "+B", "-od", str(output_dir), str(port)],
+            [command, "-v", *options, "-aet", ae_title, "+xa", "+B", "-od", str(output_dir), str(port)],
             env=dcmtk_environ(), stdout=log_file, stderr=subprocess.STDOUT,
         )
     deadline = time.monotonic() + 10
@@ -81,3 +82,18 @@ def dataset_bytes(path: Path) -> bytes:
 
 def response_values(responses: list[Dataset], keyword: str) -> list[str]:
     return [str(response.get(keyword, "")) for response in responses]
+
+
+def final_move_response(debug_output: str) -> dict[str, str]:
+    """Return the fields of the final C-MOVE response as movescu prints them with -d.
+
+    The keys are DCMTK's labels, such as "DIMSE Status" and "Failed Suboperations". The Failed SOP
+    Instance UID List (0008,0058) of a response identifier is under "FailedSOPInstanceUIDList", with
+    its values separated by backslashes.
+    """
+    _, _, final = debug_output.partition("Received Final")
+    fields = dict(re.findall(r"^D: ([A-Za-z][A-Za-z ]*?)\s+: (.*)$", final, re.MULTILINE))
+    failed_list = re.search(r"^D: \(0008,0058\) UI \[(.*?)\]", final, re.MULTILINE)
+    if failed_list is not None:
+        fields["FailedSOPInstanceUIDList"] = failed_list.group(1)
+    return fields

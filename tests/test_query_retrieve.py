@@ -10,21 +10,34 @@ import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
-from pynetdicom import AE
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, build_role, evt
+from pynetdicom.sop_class import (
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+)
 
 from sqlalchemy import update
 
 from portal.models import DicomIdentity
 from tests.conftest import free_port
 from tests.dicomd_process import add_identity, storescu, wait_for_end
-from tests.qr_tools import dataset_bytes, findscu, getscu, movescu, response_values, start_storescp
+from tests.qr_tools import (
+    dataset_bytes,
+    final_move_response,
+    findscu,
+    getscu,
+    movescu,
+    response_values,
+    start_storescp,
+)
 
 ALL_OPERATIONS = ["echo", "store", "find", "move", "get", "commit"]
 SAMPLES = {name: Path(get_testdata_file(name)) for name in ("CT_small.dcm", "MR_small.dcm", "US1_UNCR.dcm")}
 HEADERS = {name: dcmread(path, stop_before_pixels=True) for name, path in SAMPLES.items()}
 CT, MR, US = HEADERS["CT_small.dcm"], HEADERS["MR_small.dcm"], HEADERS["US1_UNCR.dcm"]
+ALL_STUDIES = {"QueryRetrieveLevel": "STUDY",
+               "StudyInstanceUID": "\\".join(header.StudyInstanceUID for header in HEADERS.values())}
 
 
 def stored_file(settings, header) -> Path:
@@ -172,6 +185,88 @@ def test_move_to_storescp(stored, session, settings, tmp_path):
     assert "Received Final Move Response (Success)" in result.stderr
     assert "Associating with VIEWER1" not in stored.log()
     assert "C-MOVE of 1 instances to VIEWER1 at 127.0.0.1" in stored.log()
+
+
+@pytest.mark.dcmtk
+def test_get_lists_failed_instance(stored, settings):
+    """A stored file missing from disk fails its C-STORE sub-operation, and the others are still sent.
+
+    pynetdicom is the requestor because getscu (DCMTK 3.6.7) does not read the identifier of a C-GET response.
+    """
+    stored_file(settings, MR).unlink()
+    ae = AE(ae_title="WS1")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    roles = []
+    for header in HEADERS.values():
+        ae.add_requested_context(header.SOPClassUID, ExplicitVRLittleEndian)
+        roles.append(build_role(header.SOPClassUID, scp_role=True))
+    received = []
+
+    def on_store(event):
+        received.append(event.request.AffectedSOPInstanceUID)
+        return 0x0000
+
+    association = ae.associate("127.0.0.1", stored.port, ae_title="PACS", ext_neg=roles,
+                               evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert association.is_established
+    identifier = Dataset()
+    for keyword, value in ALL_STUDIES.items():
+        setattr(identifier, keyword, value)
+    responses = list(association.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet))
+    association.release()
+
+    status, response_identifier = responses[-1]
+    assert status.Status == 0xB000
+    assert status.NumberOfCompletedSuboperations == 2
+    assert status.NumberOfFailedSuboperations == 1
+    assert response_identifier.FailedSOPInstanceUIDList == MR.SOPInstanceUID
+    assert sorted(received) == sorted([CT.SOPInstanceUID, US.SOPInstanceUID])
+
+
+@pytest.mark.dcmtk
+def test_move_lists_failed_instance(stored, session, settings, tmp_path):
+    """A stored file missing from disk fails its C-STORE sub-operation, and the others still reach the destination."""
+    stored_file(settings, MR).unlink()
+    port = free_port()
+    add_identity(session, "VIEWER1", retrieve_host="127.0.0.1", retrieve_port=port)
+    output = tmp_path / "moved"
+    receiver = start_storescp(port, "VIEWER1", output, tmp_path / "storescp.log")
+    try:
+        result = movescu(stored.port, "WS1", "VIEWER1", ALL_STUDIES, "-d")
+    finally:
+        receiver.send_signal(signal.SIGTERM)
+        receiver.wait(timeout=10)
+
+    final = final_move_response(result.stderr)
+    assert final["DIMSE Status"].startswith("0xb000"), result.stderr
+    assert final["Completed Suboperations"] == "2"
+    assert final["Failed Suboperations"] == "1"
+    assert final["FailedSOPInstanceUIDList"] == MR.SOPInstanceUID
+    assert len(list(output.iterdir())) == 2
+    rows = wait_for_end(session)
+    assert rows[-1].operations == {"move": 1}
+
+
+@pytest.mark.dcmtk
+def test_move_destination_rejects_association(stored, session, tmp_path):
+    port = free_port()
+    add_identity(session, "VIEWER1", retrieve_host="127.0.0.1", retrieve_port=port)
+    receiver = start_storescp(port, "VIEWER1", tmp_path / "moved", tmp_path / "storescp.log", "--refuse")
+    try:
+        result = movescu(stored.port, "WS1", "VIEWER1", ALL_STUDIES, "-d")
+    finally:
+        receiver.send_signal(signal.SIGTERM)
+        receiver.wait(timeout=10)
+
+    final = final_move_response(result.stderr)
+    assert final["DIMSE Status"].startswith("0xa702"), result.stderr
+    assert final["Completed Suboperations"] == "0"
+    assert final["Failed Suboperations"] == "3"
+    assert sorted(final["FailedSOPInstanceUIDList"].split("\\")) == sorted(h.SOPInstanceUID for h in HEADERS.values())
+    rows = wait_for_end(session)
+    assert rows[-1].operations == {"move_destination_failed": 1}
+    assert rows[-1].reason == "move_destination_failed"
+    assert f"no association with VIEWER1 at 127.0.0.1:{port}: " in rows[-1].detail
 
 
 @pytest.mark.dcmtk

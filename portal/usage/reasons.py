@@ -81,6 +81,22 @@ REASONS: dict[str, Explanation] = {
         "got status 0xA700 (out of resources) and should retry.",
         "Free space on or repair the storage volume; dicomd resumes by itself.",
     ),
+    "move_destination_unknown": Explanation(
+        "Unknown C-MOVE destination",
+        "The device asked to move instances to an AE title that is not an enabled identity with a "
+        "retrieve address. It got status 0xA801 (Move Destination unknown).",
+        "Create or enable the identity for the destination AE title and set its retrieve host and port, "
+        "or correct the Move Destination on the device.",
+    ),
+    "move_destination_failed": Explanation(
+        "C-MOVE destination unreachable",
+        "dicomd could not open the association with the C-MOVE destination: the connection or the TLS "
+        "handshake failed, or the destination rejected the association. The device got status 0xA702 with "
+        "every instance counted and listed as failed. The detail gives the error.",
+        "Check the destination identity's retrieve host and port and that the destination accepts this "
+        "PACS's AE title. With Require TLS on, the destination must accept TLS on that port, trust the PACS "
+        "CA, and present a certificate for the retrieve host that chains to DICOM_TLS_CLIENT_CA.",
+    ),
     "local_limit_exceeded": Explanation(
         "Too many associations",
         "The association limit was reached, so the device was rejected transiently (reason 2, local "
