@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from multiprocessing.synchronize import Event as ProcessEvent
 
 from pydicom import uid
+import pydicom.config
 from pynetdicom import AE, AllStoragePresentationContexts, _config
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
@@ -216,6 +217,15 @@ def run_worker(spec: WorkerSpec) -> None:
     # (event.dataset_path) instead of memory. That file goes to the storage
     # volume, because /tmp may be memory-backed and instances reach hundreds of MB.
     _config.STORE_RECV_CHUNKED_DATASET = True
+    # pynetdicom's standard event handlers format a description of every PDU
+    # and DIMSE message for its INFO and DEBUG log lines, even when those
+    # lines are not logged. Above INFO they only cost time.
+    if logging.getLogger("pynetdicom").getEffectiveLevel() > logging.INFO:
+        _config.LOG_HANDLER_LEVEL = "none"
+    # pydicom checks each value it decodes against its VR, often with a
+    # regular expression, and only warns. Every DIMSE command set goes
+    # through it, and dicomd acts on none of those warnings.
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     install_receiving_file()
     tempfile.tempdir = str(prepare_worker_incoming(settings.storage_dir, spec.number))
 

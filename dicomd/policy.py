@@ -62,7 +62,7 @@ class IdentityPolicy:
 
     @classmethod
     def of(cls, identity) -> IdentityPolicy:
-        """Copy the policy fields out of a `portal.models.DicomIdentity` row."""
+        """Copy the policy fields out of a `portal.models.DicomIdentity` object or a row of its columns."""
         return cls(
             identity_id=identity.id,
             ae_title=identity.ae_title,

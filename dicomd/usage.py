@@ -7,19 +7,20 @@ Each method runs one short transaction on the process's single engine.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, Executable, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from dicomd.policy import IdentityPolicy, RejectReason, Rejection, Transport
 from dicomd.retrieve import RemoteAE
 from dicomd.storage import StoredInstance
 from dicomd.tls import TlsSession
-from portal.identities.service import find_by_ae_title
+from portal.identities.service import find_by_ae_title, stored_ae_title
 from portal.database import upsert
 from portal.usage_days import add_usage, request_increments
 from portal.models import Association, DicomIdentity, Instance, Study, utcnow
@@ -67,6 +68,16 @@ def fitted(model, **values):
     return model(**fitted_values(model, **values))
 
 
+# The columns of the identity with an AE title, as IdentityPolicy.of() reads them.
+IDENTITY_POLICY_QUERY = select(
+    *(
+        DicomIdentity.__table__.c[name]
+        for name in ("id", "ae_title", "enabled", "require_tls", "permitted", "allowed_networks",
+                     "allow_anonymous_tls", "client_certificate_fingerprint")
+    )
+).where(DicomIdentity.__table__.c.ae_title == bindparam("ae_title"))
+
+
 class UsageRecorder:
     """Writes association attempts, stored instances and identity counters."""
 
@@ -74,10 +85,13 @@ class UsageRecorder:
         self.engine = engine
 
     def load_identity(self, calling_ae_title: str) -> IdentityPolicy | None:
-        """Read the identity registered for `calling_ae_title` now, so that portal changes apply at once."""
-        with Session(self.engine) as session:
-            identity = find_by_ae_title(session, calling_ae_title)
-            return IdentityPolicy.of(identity) if identity is not None else None
+        """Read the identity registered for `calling_ae_title` now, so that portal changes apply at once.
+
+        This runs for every request, so it reads only the policy's columns, without the ORM.
+        """
+        with self.engine.connect() as connection:
+            identity = connection.execute(IDENTITY_POLICY_QUERY, {"ae_title": stored_ae_title(calling_ae_title)}).first()
+        return IdentityPolicy.of(identity) if identity is not None else None
 
     def load_remote_ae(self, ae_title: str) -> RemoteAE | None:
         """Return where to reach the identity with `ae_title`: None unless it is enabled and has a retrieve address."""
@@ -114,7 +128,7 @@ class UsageRecorder:
     ) -> int:
         """Insert the Association row for a request and count it on the identity; return the row id."""
         now = utcnow()
-        association = Association(
+        values = dict(
             started_at=now,
             ended_at=now if rejection else None,
             identity_id=identity.identity_id if identity else None,
@@ -130,25 +144,28 @@ class UsageRecorder:
             operations={},
             **_tls_columns(peer.tls),
         )
-        with Session(self.engine) as session, session.begin():
-            session.add(association)
-            session.flush()
+        associations, identities = Association.__table__, DicomIdentity.__table__
+        # Core statements as in record_instance, because this runs for every association.
+        with self.engine.begin() as connection:
+            association_id = connection.execute(
+                insert(associations).values(values).returning(associations.c.id)
+            ).scalar_one()
             if identity is not None:
                 counter = "associations_rejected" if rejection else "associations_accepted"
-                session.execute(
-                    update(DicomIdentity)
-                    .where(DicomIdentity.id == identity.identity_id)
+                connection.execute(
+                    update(identities)
+                    .where(identities.c.id == identity.identity_id)
                     .values(
                         {
-                            counter: getattr(DicomIdentity, counter) + 1,
+                            counter: identities.c[counter] + 1,
                             "last_seen_at": now,
                             "last_peer_address": peer.address,
                             "last_transport": peer.transport.value,
                         }
                     )
                 )
-                add_usage(session, identity.identity_id, now.date(), **{counter: 1})
-            return association.id
+                add_usage(connection, identity.identity_id, now.date(), **{counter: 1})
+        return association_id
 
     def record_handshake_failure(self, peer: Peer, detail: str) -> int:
         """Insert the rejected Association row of a failed TLS handshake: no AE titles, no identity."""
@@ -200,29 +217,17 @@ class UsageRecorder:
         index, gets them now.
         """
         now = utcnow()
-        # Core statements on one connection: this runs for every instance
-        # received, and the ORM's unit of work would cost more than the SQL.
+        statements = index_statements(self.engine.dialect.name)
+        # Core statements built once and run on one connection, because this
+        # runs for every instance and the ORM's unit of work costs more than the SQL.
         with self.engine.begin() as connection:
-            study_id = self._upsert_study(connection, identity_id, stored, now)
-            self._insert_instance(connection, association_id, identity_id, study_id, stored, now)
-            associations = Association.__table__
+            study_id = self._upsert_study(connection, statements, identity_id, stored, now)
+            self._insert_instance(connection, statements, association_id, identity_id, study_id, stored, now)
             connection.execute(
-                update(associations)
-                .where(associations.c.id == association_id)
-                .values(
-                    instances_received=associations.c.instances_received + 1,
-                    bytes_received=associations.c.bytes_received + stored.size_bytes,
-                )
+                statements.count_on_association, {"row_id": association_id, "added_bytes": stored.size_bytes}
             )
-            identities = DicomIdentity.__table__
             connection.execute(
-                update(identities)
-                .where(identities.c.id == identity_id)
-                .values(
-                    instances_received=identities.c.instances_received + 1,
-                    bytes_received=identities.c.bytes_received + stored.size_bytes,
-                    last_seen_at=now,
-                )
+                statements.count_on_identity, {"row_id": identity_id, "added_bytes": stored.size_bytes, "now": now}
             )
             add_usage(connection, identity_id, now.date(), instances_received=1, bytes_received=stored.size_bytes)
 
@@ -249,17 +254,12 @@ class UsageRecorder:
                 execution_options={"synchronize_session": False},
             )
 
-    def _upsert_study(self, connection: Connection, identity_id: int, stored: StoredInstance, now: datetime) -> int:
+    def _upsert_study(self, connection: Connection, statements: IndexStatements, identity_id: int,
+                      stored: StoredInstance, now: datetime) -> int:
         """Return the id of the instance's study row, inserting it or noting the new receipt and modality."""
         header = stored.header
-        studies = Study.__table__
-        touch = (
-            update(studies)
-            .where(studies.c.study_instance_uid == header.study_instance_uid)
-            .values(last_received_at=now)
-            .returning(studies.c.id, studies.c.modalities)
-        )
-        study = connection.execute(touch).first()
+        touch = {"uid": header.study_instance_uid, "now": now}
+        study = connection.execute(statements.touch_study, touch).first()
         if study is None:
             values = fitted_values(
                 Study,
@@ -278,19 +278,17 @@ class UsageRecorder:
                 first_received_at=now,
                 last_received_at=now,
             )
-            insert = upsert(connection, studies).values(values)
-            inserted = connection.execute(
-                insert.on_conflict_do_nothing(index_elements=[studies.c.study_instance_uid]).returning(studies.c.id)
-            ).first()
+            inserted = connection.execute(statements.insert_study, values).first()
             if inserted is not None:
                 return inserted.id
             # Another worker inserted the same study first.
-            study = connection.execute(touch).one()
+            study = connection.execute(statements.touch_study, touch).one()
 
         # NOTE: the modality list is read and written back, so two workers adding
         # different modalities to one study at the same moment may lose one.
         modalities = study.modalities.split("\\") if study.modalities else []
         if header.modality and header.modality not in modalities:
+            studies = Study.__table__
             connection.execute(
                 update(studies)
                 .where(studies.c.id == study.id)
@@ -301,6 +299,7 @@ class UsageRecorder:
     def _insert_instance(
         self,
         connection: Connection,
+        statements: IndexStatements,
         association_id: int,
         identity_id: int,
         study_id: int,
@@ -309,7 +308,6 @@ class UsageRecorder:
     ) -> None:
         """Insert the instance's index row; an instance indexed before keeps its row."""
         header = stored.header
-        instances = Instance.__table__
         values = fitted_values(
             Instance,
             sop_instance_uid=header.sop_instance_uid,
@@ -327,8 +325,63 @@ class UsageRecorder:
             path=stored.relative_path,
             received_at=now,
         )
-        insert = upsert(connection, instances).values(values)
-        connection.execute(insert.on_conflict_do_nothing(index_elements=[instances.c.sop_instance_uid]))
+        connection.execute(statements.insert_instance, values)
+
+
+@dataclass(frozen=True)
+class IndexStatements:
+    """The statements that index a received instance, with parameters in place of values."""
+
+    # Parameters: uid, now. Returns the study's id and modalities.
+    touch_study: Executable
+    # Parameters: the Study columns. Returns the new id, or nothing if the study exists.
+    insert_study: Executable
+    # Parameters: the Instance columns. Does nothing if the instance is indexed.
+    insert_instance: Executable
+    # Parameters: row_id, added_bytes.
+    count_on_association: Executable
+    # Parameters: row_id, added_bytes, now.
+    count_on_identity: Executable
+
+
+@functools.cache
+def index_statements(dialect: str) -> IndexStatements:
+    """Build the indexing statements for `dialect` once per process."""
+    studies, instances = Study.__table__, Instance.__table__
+    associations, identities = Association.__table__, DicomIdentity.__table__
+    return IndexStatements(
+        touch_study=(
+            update(studies)
+            .where(studies.c.study_instance_uid == bindparam("uid"))
+            .values(last_received_at=bindparam("now"))
+            .returning(studies.c.id, studies.c.modalities)
+        ),
+        insert_study=(
+            upsert(dialect, studies)
+            .on_conflict_do_nothing(index_elements=[studies.c.study_instance_uid])
+            .returning(studies.c.id)
+        ),
+        insert_instance=upsert(dialect, instances).on_conflict_do_nothing(
+            index_elements=[instances.c.sop_instance_uid]
+        ),
+        count_on_association=(
+            update(associations)
+            .where(associations.c.id == bindparam("row_id"))
+            .values(
+                instances_received=associations.c.instances_received + 1,
+                bytes_received=associations.c.bytes_received + bindparam("added_bytes"),
+            )
+        ),
+        count_on_identity=(
+            update(identities)
+            .where(identities.c.id == bindparam("row_id"))
+            .values(
+                instances_received=identities.c.instances_received + 1,
+                bytes_received=identities.c.bytes_received + bindparam("added_bytes"),
+                last_seen_at=bindparam("now"),
+            )
+        ),
+    )
 
 
 def _tls_columns(session: TlsSession | None) -> dict:

@@ -89,13 +89,19 @@ def check_schema_current(engine: Engine) -> None:
         )
 
 
-def upsert(connection: Session | Connection, table: Table):
-    """Return an INSERT on `table` that takes ON CONFLICT clauses in the dialect of `connection`.
+def dialect_name(connection: Session | Connection) -> str:
+    """Return the SQL dialect ("sqlite", "postgresql") that `connection` or a session speaks."""
+    if isinstance(connection, Connection):
+        return connection.dialect.name
+    return connection.get_bind().dialect.name
+
+
+def upsert(dialect: str, table: Table):
+    """Return an INSERT on `table` that takes ON CONFLICT clauses in `dialect`.
 
     SQLite (3.24 and later) and PostgreSQL share the ON CONFLICT syntax, and
     SQLAlchemy offers it per dialect.
     """
-    dialect = connection.dialect if isinstance(connection, Connection) else connection.get_bind().dialect
-    if dialect.name == "postgresql":
+    if dialect == "postgresql":
         return postgresql.insert(table)
     return sqlite.insert(table)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import date
 
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
-from portal.database import upsert
+from portal.database import dialect_name, upsert
 from portal.models import UsageDay
 
 COUNTERS = frozenset(
@@ -38,13 +39,20 @@ def add_usage(connection: Session | Connection, identity_id: int, day: date, **i
     if not increments:
         return
 
+    statement = _add_usage_statement(dialect_name(connection), tuple(sorted(increments)))
+    connection.execute(statement, {"identity_id": identity_id, "day": day, **increments})
+
+
+@functools.cache
+def _add_usage_statement(dialect: str, counters: tuple[str, ...]):
+    # Built once per dialect and set of counters: dicomd adds usage for every
+    # instance, and building the statement costs more than running it.
     table = UsageDay.__table__
-    statement = upsert(connection, table).values(identity_id=identity_id, day=day, **increments)
-    statement = statement.on_conflict_do_update(
+    insert = upsert(dialect, table)
+    return insert.on_conflict_do_update(
         index_elements=[table.c.identity_id, table.c.day],
-        set_={name: table.c[name] + statement.excluded[name] for name in increments},
+        set_={name: table.c[name] + insert.excluded[name] for name in counters},
     )
-    connection.execute(statement)
 
 
 # Keys of Association.operations that mark a subset of requests already counted

@@ -282,6 +282,22 @@ def test_silent_peer_dropped(dicomd, session):
     assert rows[1].peer_address == "127.0.0.1"
 
 
+def test_idle_association_aborted(dicomd, session):
+    add_identity(session, "MODALITY1")
+    assoc = sender("MODALITY1").associate("127.0.0.1", dicomd.port, ae_title="PACS")
+    assert assoc.is_established
+    opened = time.monotonic()
+
+    # Nothing is sent: the network timeout of this module (5 seconds) ends it.
+    wait_for(lambda: not assoc.is_established, "dicomd ends the idle association")
+    waited = time.monotonic() - opened
+    assert assoc.is_aborted
+    assert 4 < waited < 15, f"ended after {waited:.1f} seconds"
+
+    rows = wait_for_end(session)
+    assert [row.outcome for row in rows] == ["aborted"]
+
+
 @pytest.mark.dcmtk
 def test_blank_calling_ae_title(dicomd, session):
     add_identity(session, "MODALITY1")
