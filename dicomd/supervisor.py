@@ -27,7 +27,7 @@ from dicomd.policy import Transport
 from dicomd.storage import prepare_storage_dir
 from dicomd.tls import TlsConfigurationError, build_server_context
 from dicomd.usage import UsageRecorder
-from portal.certificates import TlsFiles, resolve_tls_files, tls_dir
+from portal.certificates import TlsFiles, private_ca_paths, resolve_tls_files, tls_dir
 from portal.database import check_schema_current, make_engine
 from portal.settings import Settings
 
@@ -98,7 +98,7 @@ def prepare_tls(settings: Settings) -> TlsFiles:
             "the DICOM TLS listener uses a self-signed certificate generated in %s; devices must trust its CA "
             "certificate %s (the portal offers it for download), or set DICOM_TLS_CERT and DICOM_TLS_KEY to a "
             "certificate from your own CA",
-            files.cert.parent, files.client_ca,
+            files.cert.parent, private_ca_paths(settings)[0],
         )
     return files
 

@@ -203,16 +203,32 @@ def server_names(listen_host: str) -> list[x509.GeneralName]:
     return names
 
 
-def issue_client_certificate(settings: Settings, common_name: str) -> tuple[rsa.RSAPrivateKey, x509.Certificate, x509.Certificate]:
-    """Create a key and a client certificate signed by the private CA; return the key, the certificate and the CA certificate."""
+def issue_client_certificate(settings: Settings, common_name: str, *, server_host: str | None = None,
+                             ) -> tuple[rsa.RSAPrivateKey, x509.Certificate, x509.Certificate]:
+    """Create a key and a client certificate signed by the private CA; return the key, the certificate and the CA certificate.
+
+    With `server_host`, the certificate also names that host and allows
+    serverAuth, so the device can present it as a TLS server too: to dicomd's
+    C-MOVE sub-associations and storage commitment reports sent to its
+    retrieve address.
+    """
     ca_cert, ca_key = load_ca(*ensure_private_ca(settings))
     key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_KEY_BITS)
-    cert = (
-        _leaf_builder(ca_cert, key, common_name=common_name, days=CLIENT_VALIDITY_DAYS)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
+    builder = _leaf_builder(ca_cert, key, common_name=common_name, days=CLIENT_VALIDITY_DAYS)
+    usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
+    if server_host:
+        builder = builder.add_extension(x509.SubjectAlternativeName([host_name(server_host)]), critical=False)
+        usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
+    cert = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False).sign(ca_key, hashes.SHA256())
     return key, cert, ca_cert
+
+
+def host_name(host: str) -> x509.GeneralName:
+    """Return `host` as a subject alternative name: an IP address entry for an address, a DNS entry otherwise."""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
 
 
 def load_ca(cert_path: Path, key_path: Path) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:

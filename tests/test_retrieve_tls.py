@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from portal.certificates import ensure_private_ca, ensure_server_pair, load_ca
+from portal.certificates import ensure_private_ca, ensure_server_pair, issue_client_certificate, load_ca
 from tests.conftest import free_port
 from tests.dicomd_process import add_identity, wait_for_end
 from tests.qr_tools import dataset_bytes, final_move_response, movescu, start_storescp
@@ -156,3 +156,24 @@ def test_server_certificate_without_client_auth_replaced(settings):
     assert (replaced_cert, replaced_key) == (cert_path, key_path)
     assert ExtendedKeyUsageOID.CLIENT_AUTH in extended_key_usage(cert_path)
     assert x509.load_pem_x509_certificate(cert_path.read_bytes()).serial_number != server_only.serial_number
+
+
+@pytest.mark.dcmtk
+def test_move_to_destination_with_issued_certificate(stored, session, settings, tmp_path):  # noqa: F811
+    port = free_port()
+    add_identity(session, "VIEWER1", require_tls=True, retrieve_host="127.0.0.1", retrieve_port=port)
+    # What `portal identity certificate issue VIEWER1` issues for an identity with this retrieve address.
+    key, certificate, _ = issue_client_certificate(settings, "VIEWER1", server_host="127.0.0.1")
+    key_path, cert_path = write_pair(tmp_path, "issued", key, certificate)
+    ca_path = ensure_private_ca(settings)[0]
+    output = tmp_path / "moved"
+    log_path = tmp_path / "storescp.log"
+
+    result = move_all_to_storescp(stored, port, output, log_path,
+                                  "+tls", str(key_path), str(cert_path), "+cf", str(ca_path), "--require-peer-cert")
+
+    assert result.returncode == 0, result.stderr + log_path.read_text()
+    final = final_move_response(result.stderr)
+    assert final["DIMSE Status"].startswith("0x0000")
+    assert final["Completed Suboperations"] == "3"
+    assert len(list(output.iterdir())) == 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import ipaddress
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -316,3 +317,42 @@ def test_client_ca_certificate_issued_by_private_ca(settings):
 
     assert certificate.issuer == ca_certificate.subject
     assert key.key_size == 2048
+
+
+def issued_certificate(tmp_path, ae_title: str) -> x509.Certificate:
+    pem = (tmp_path / f"{ae_title}.pem").read_bytes()
+    return x509.load_pem_x509_certificates(pem[pem.index(b"-----BEGIN CERTIFICATE-----"):])[0]
+
+
+def test_cli_issue_without_retrieve_address_is_client_only(runner, session, tmp_path):
+    add_identity(session, "ECHO1")
+
+    result = runner.invoke(args=["identity", "certificate", "issue", "ECHO1", "--out", str(tmp_path)])
+
+    assert result.exit_code == 0, result.output
+    certificate = issued_certificate(tmp_path, "ECHO1")
+    usage = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usage) == [x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]
+    with pytest.raises(x509.ExtensionNotFound):
+        certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+
+
+@pytest.mark.parametrize(
+    "host, expected",
+    [
+        ("127.0.0.1", x509.IPAddress(ipaddress.ip_address("127.0.0.1"))),
+        ("workstation3.cardio.example", x509.DNSName("workstation3.cardio.example")),
+    ],
+)
+def test_cli_issue_with_retrieve_address_serves_tls(runner, session, tmp_path, host, expected):
+    add_identity(session, "WS3")
+    runner.invoke(args=["identity", "update", "WS3", "--retrieve-host", host, "--retrieve-port", "11112"])
+
+    result = runner.invoke(args=["identity", "certificate", "issue", "WS3", "--out", str(tmp_path)])
+
+    assert result.exit_code == 0, result.output
+    certificate = issued_certificate(tmp_path, "WS3")
+    usage = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert set(usage) == {x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH, x509.oid.ExtendedKeyUsageOID.SERVER_AUTH}
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert list(names) == [expected]

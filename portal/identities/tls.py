@@ -116,10 +116,16 @@ def can_issue(settings: Settings) -> bool:
 def issue_certificate(settings: Settings, identity: DicomIdentity) -> IssuedCertificate:
     """Issue a client certificate for the identity from the private CA, bind it, and hold its key for download.
 
+    An identity with a retrieve address gets a certificate that also serves
+    TLS for that host, for the C-MOVE and storage commitment associations
+    dicomd opens to it.
+
     The key is written only to the one-time download files, encrypted with a
     new random password that is returned here and stored nowhere. The caller commits.
     """
-    key, certificate, ca_certificate = issue_client_certificate(settings, identity.ae_title)
+    key, certificate, ca_certificate = issue_client_certificate(
+        settings, identity.ae_title, server_host=identity.retrieve_host
+    )
     info = describe(certificate)
     password = secrets.token_urlsafe(12)
     token = secrets.token_hex(16)
