@@ -30,6 +30,8 @@ def test_sqlite_uses_wal_and_busy_timeout(engine):
     with engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 5000
+        # 2 is FULL: each commit survives a power loss.
+        assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2
 
 
 def test_portal_refuses_old_schema(tmp_path):
