@@ -17,9 +17,9 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 from pynetdicom import evt
-from pynetdicom.dimse_primitives import C_MOVE
 from pynetdicom.dsutils import encode
 from pynetdicom.events import Event
+from pynetdicom.status import STATUS_FAILURE, STORAGE_SERVICE_CLASS_STATUS
 from sqlalchemy.orm import Session
 
 from dicomd import commitment, policy, query, retrieve
@@ -77,6 +77,13 @@ REASON_INVALID_DATASET = "invalid_dataset"
 REASON_STORAGE_FAILED = "storage_failed"
 REASON_MOVE_DESTINATION_UNKNOWN = "move_destination_unknown"
 REASON_MOVE_DESTINATION_FAILED = "move_destination_failed"
+REASON_INVALID_IDENTIFIER = "invalid_identifier"
+REASON_SUB_OPERATIONS_FAILED = "sub_operations_failed"
+
+# Error Comment (0000,0902) is LO: at most 64 characters of the default repertoire, without backslashes.
+ERROR_COMMENT_MAX_CHARS = 64
+# The distinct causes of failed sub-operations that one association detail line lists.
+MAX_LISTED_FAILURE_CAUSES = 3
 
 # Query/Retrieve information models by SOP Class UID (PS3.4 C.6).
 QR_MODELS = {
@@ -91,6 +98,10 @@ QR_MODELS = {
 # Seconds to wait for the N-ACTION response to go out before sending the
 # storage commitment report on the same association.
 COMMITMENT_RESPONSE_WAIT_SECONDS = 10
+
+# The maximum number of P-DATA primitives waiting to be sent when handle_find builds
+# its next pending response. A response is at least two primitives (command and data set).
+MAX_QUEUED_RESPONSE_PRIMITIVES = 4
 
 
 @dataclass
@@ -362,9 +373,7 @@ class ListenerHandlers:
             with Session(self.recorder.engine) as session:
                 records = query.find_records(session, find_query)
         except query.InvalidQuery as error:
-            log.warning("%s: C-FIND identifier is invalid: %s", state, error)
-            state.operations["find_invalid"] += 1
-            yield STATUS_IDENTIFIER_MISMATCH, None
+            yield self._reject_identifier(state, "find", error), None
             return
         except Exception:
             log.exception("%s: C-FIND failed", state)
@@ -375,6 +384,10 @@ class ListenerHandlers:
         state.operations["find"] += 1
         log.info("%s: C-FIND at %s level matched %d records", state, find_query.level, len(records))
         for record in records:
+            # Waiting for the queued responses to go out first keeps the
+            # handler close to what the peer has received, so a C-CANCEL
+            # stops the matches after a few more responses instead of all.
+            event.assoc.dul.wait_for_send_queue(MAX_QUEUED_RESPONSE_PRIMITIVES)
             if event.is_cancelled:
                 log.info("%s: C-FIND cancelled by the peer", state)
                 yield STATUS_CANCEL, None
@@ -405,6 +418,15 @@ class ListenerHandlers:
 
         state.operations["get"] += 1
         log.info("%s: C-GET of %d instances", state, len(items))
+        if items:
+            failures = SubOperationFailures()
+            failures.watch(event.assoc)
+
+            def end_get(response) -> None:
+                failures.stop_watching(event.assoc)
+                self._record_failed_sub_operations(state, "get", "C-GET", response, len(items), failures)
+
+            _change_final_response(event, end_get)
         yield from self._sub_operations(state, event, "get", items)
 
     def handle_move(self, event: Event):
@@ -441,11 +463,15 @@ class ListenerHandlers:
 
         items, status = self._retrieve_items(state, event, "move")
         tls_errors: list[OSError] = []
+        failures = SubOperationFailures()
         if status is None:
             try:
                 options = {
                     **retrieve.association_options(destination, self.settings, tls_errors=tls_errors),
                     "contexts": retrieve.presentation_contexts(items) if items else None,
+                    # pynetdicom opens the association with the destination itself, so
+                    # EVT_ESTABLISHED is where dicomd reaches it before the first sub-operation.
+                    "evt_handlers": [(evt.EVT_ESTABLISHED, lambda established: failures.watch(established.assoc))],
                 }
             except Exception:
                 log.exception("%s: preparing the association to %s failed", state, destination.ae_title)
@@ -460,7 +486,7 @@ class ListenerHandlers:
                  destination.host, destination.port, " over TLS" if destination.use_tls else "")
         if items:
             # pynetdicom opens the association only when there is an instance to send.
-            self._end_move_if_no_association(state, event, destination, items, tls_errors)
+            self._end_move(state, event, destination, items, tls_errors, failures)
         yield destination.host, destination.port, options
         yield from self._sub_operations(state, event, "move", items)
 
@@ -616,21 +642,25 @@ class ListenerHandlers:
                 log.info("%s: C-%s cancelled by the peer", state, operation.upper())
                 yield STATUS_CANCEL, None
                 return
-            yield STATUS_PENDING, retrieve.load_dataset(item)
+            yield STATUS_PENDING, retrieve.dataset_to_send(retrieve.load_dataset(item), event, state)
 
-    def _end_move_if_no_association(self, state: AssociationState, event: Event, destination: retrieve.RemoteAE,
-                                    items: list[retrieve.RetrieveItem], tls_errors: list[OSError]) -> None:
-        """Make a failed association with the Move Destination end the C-MOVE with every instance failed.
+    def _end_move(self, state: AssociationState, event: Event, destination: retrieve.RemoteAE,
+                  items: list[retrieve.RetrieveItem], tls_errors: list[OSError],
+                  failures: SubOperationFailures) -> None:
+        """Record the failed sub-operations of a C-MOVE, or correct its final status when no association opened.
 
-        pynetdicom (3.0.4) then sends 0xA801 (Move Destination unknown)
-        without sub-operation counts, although the destination is known.
-        Once the handler has yielded a destination, 0xA801 comes only from
-        that failure, so it becomes STATUS_SUB_OPERATIONS_REFUSED with every
-        instance counted and listed as failed. The association's record gets
+        When the association with the Move Destination fails, pynetdicom
+        (3.0.4) sends 0xA801 (Move Destination unknown) without sub-operation
+        counts, although the destination is known. Once the handler has
+        yielded a destination, 0xA801 comes only from that failure, so it
+        becomes STATUS_SUB_OPERATIONS_REFUSED with every instance counted and
+        listed as failed. The association's record gets
         REASON_MOVE_DESTINATION_FAILED with the TLS error where there is one.
         """
-        def replace_status(response) -> None:
+        def end_move(response) -> None:
             if response.Status != STATUS_MOVE_DESTINATION_UNKNOWN:
+                self._record_failed_sub_operations(state, "move", f"C-MOVE to {destination.ae_title}", response,
+                                                   len(items), failures)
                 return
             address = f"{destination.host}:{destination.port}{' over TLS' if destination.use_tls else ''}"
             if tls_errors:
@@ -651,19 +681,20 @@ class ListenerHandlers:
             response.NumberOfWarningSuboperations = 0
             response.Identifier = _failed_instances_identifier(event, [item.sop_instance_uid for item in items])
 
-        _change_next_move_response(event, replace_status)
+        _change_final_response(event, end_move)
 
     def _retrieve_items(self, state: AssociationState, event: Event, operation: str):
-        """Return (instances, None) for a C-GET or C-MOVE identifier, or (None, status) when it fails."""
+        """Return (instances, None) for a C-GET or C-MOVE identifier, or (None, status) when it fails.
+
+        The status is an int, or a status Dataset with an Error Comment.
+        """
         model = QR_MODELS.get(str(event.request.AffectedSOPClassUID), "STUDY")
         try:
             retrieve_query = retrieve.parse_retrieve_identifier(event.identifier, model)
             with Session(self.recorder.engine) as session:
                 return retrieve.find_instances(session, retrieve_query, self.storage_dir), None
         except query.InvalidQuery as error:
-            log.warning("%s: %s identifier is invalid: %s", state, operation.upper(), error)
-            state.operations[f"{operation}_invalid"] += 1
-            return None, STATUS_IDENTIFIER_MISMATCH
+            return None, self._reject_identifier(state, operation, error)
         except Exception:
             log.exception("%s: finding the instances of a %s request failed", state, operation.upper())
             state.operations[f"{operation}_failed"] += 1
@@ -754,6 +785,31 @@ class ListenerHandlers:
         self._record_failure(state, reason, f"{reason}: {error}")
         return status
 
+    def _reject_identifier(self, state: AssociationState, operation: str, error: query.InvalidQuery) -> Dataset:
+        """Count and record an invalid C-FIND, C-GET or C-MOVE identifier, and return its status with the error as Error Comment."""
+        described = ValueError(f"C-{operation.upper()} identifier: {error}")
+        self._fail(state, f"{operation}_invalid", REASON_INVALID_IDENTIFIER, described, STATUS_IDENTIFIER_MISMATCH)
+        return _status_with_error_comment(STATUS_IDENTIFIER_MISMATCH, str(error))
+
+    def _record_failed_sub_operations(self, state: AssociationState, operation: str, request: str, response,
+                                      total: int, failures: SubOperationFailures) -> None:
+        """Count the failed sub-operations of a final C-GET or C-MOVE `response` and record their causes.
+
+        `operation` is "get" or "move", and `request` names the request in
+        the detail. The count is the one pynetdicom sends to the peer, so the
+        record agrees with what the device saw.
+        """
+        failed = response.NumberOfFailedSuboperations or 0
+        if not failed:
+            return
+        state.operations[f"{operation}_sub_operations_failed"] += failed
+        detail = f"{request}: {failed} of {total} C-STORE sub-operations failed"
+        causes = failures.describe()
+        if causes:
+            detail = f"{detail}: {causes}"
+        log.warning("%s: %s", state, detail)
+        self._record_failure(state, REASON_SUB_OPERATIONS_FAILED, f"{REASON_SUB_OPERATIONS_FAILED}: {detail}")
+
     def _record_failure(self, state: AssociationState, reason: str, detail: str) -> None:
         try:
             self.recorder.record_failure(state.record_id, reason, detail)
@@ -761,39 +817,122 @@ class ListenerHandlers:
             log.exception("%s: recording %s failed", state, reason)
 
 
-def _final_move_status(event: Event, status: int):
+class SubOperationFailures:
+    """The causes of the failed C-STORE sub-operations of one C-GET or C-MOVE request.
+
+    pynetdicom (3.0.4) counts failed sub-operations in its responses but only
+    logs why each one failed. So `watch` wraps the `send_c_store` of the
+    association that carries the sub-operations and notes each failure as
+    pynetdicom counts it: an exception, no response, or a status that is
+    not a Storage Success or Warning status.
+    """
+
+    def __init__(self):
+        # SOP Instance UIDs by cause, in the order the causes first occurred.
+        self.instances_by_cause: dict[str, list[str]] = {}
+
+    def watch(self, assoc) -> None:
+        send_c_store = assoc.send_c_store
+
+        def send_noting_failure(dataset, *args, **kwargs):
+            sop_instance_uid = str(dataset.get("SOPInstanceUID", "")) if isinstance(dataset, Dataset) else str(dataset)
+            try:
+                status = send_c_store(dataset, *args, **kwargs)
+            except Exception as error:
+                self._note(str(error) or type(error).__name__, sop_instance_uid)
+                raise
+            cause = _store_failure_cause(status)
+            if cause is not None:
+                self._note(cause, sop_instance_uid)
+            return status
+
+        assoc.send_c_store = send_noting_failure
+
+    def stop_watching(self, assoc) -> None:
+        """Restore the association's own `send_c_store`, so that the next request wraps that and not this wrapper."""
+        assoc.__dict__.pop("send_c_store", None)
+
+    def describe(self) -> str:
+        """Return the first MAX_LISTED_FAILURE_CAUSES causes, each with one of its SOP instances and the count of the others."""
+        parts = []
+        for cause, instances in list(self.instances_by_cause.items())[:MAX_LISTED_FAILURE_CAUSES]:
+            others = f" and {len(instances) - 1} more" if len(instances) > 1 else ""
+            parts.append(f"{cause} (SOP instance {instances[0]}{others})")
+        unlisted = len(self.instances_by_cause) - MAX_LISTED_FAILURE_CAUSES
+        if unlisted > 0:
+            parts.append(f"{unlisted} more causes in dicomd's log")
+        return "; ".join(parts)
+
+    def _note(self, cause: str, sop_instance_uid: str) -> None:
+        self.instances_by_cause.setdefault(cause, []).append(sop_instance_uid)
+
+
+def _store_failure_cause(status: Dataset) -> str | None:
+    """Return why a C-STORE sub-operation failed, judged as pynetdicom (3.0.4) counts it, or None if it did not fail."""
+    if "Status" not in status:
+        return "no C-STORE response: the DIMSE timeout passed or the association ended"
+    code = status.Status
+    category = STORAGE_SERVICE_CLASS_STATUS.get(code)
+    if category is not None and category[0] != STATUS_FAILURE:
+        return None
+    meaning = category[1] if category is not None else "not a Storage status"
+    cause = f"C-STORE status 0x{code:04X} ({meaning})"
+    comment = status.get("ErrorComment")
+    return f"{cause}: {comment}" if comment else cause
+
+
+def _status_with_error_comment(status: int, comment: str) -> Dataset:
+    """Return a status Dataset that pynetdicom sends with `comment` as Error Comment (0000,0902)."""
+    text = comment.encode("ascii", "replace").decode("ascii").replace("\\", "/")
+    if len(text) > ERROR_COMMENT_MAX_CHARS:
+        text = text[: ERROR_COMMENT_MAX_CHARS - 3] + "..."
+    dataset = Dataset()
+    dataset.Status = status
+    dataset.ErrorComment = text
+    return dataset
+
+
+def _final_move_status(event: Event, status: int | Dataset):
     """Make pynetdicom send `status` as the final C-MOVE response, and return the destination to yield for it.
 
     pynetdicom (3.0) lets a C-MOVE handler end a request before any
     sub-operation only with 0xA801, by yielding an unknown destination. Its
-    next response to this request is changed to carry `status`.
+    final response to this request is changed to carry `status`: an int, or
+    a status Dataset whose elements, such as Error Comment, are copied too.
     """
     def set_status(response) -> None:
-        response.Status = status
+        if isinstance(status, Dataset):
+            for element in status:
+                setattr(response, element.keyword, element.value)
+        else:
+            response.Status = status
 
-    _change_next_move_response(event, set_status)
+    _change_final_response(event, set_status)
     return None, None
 
 
-def _change_next_move_response(event: Event, change) -> None:
-    """Pass the next C-MOVE response to the request of `event` through `change` before pynetdicom sends it.
+def _change_final_response(event: Event, change) -> None:
+    """Pass the final response to the C-GET or C-MOVE request of `event` through `change` before pynetdicom sends it.
 
-    Other messages on the association, such as a storage commitment report
-    sent from another thread, pass unchanged. An error in `change` is logged
-    and the response is sent as pynetdicom built it.
+    The final response is the first one to this request whose status is
+    not Pending. Other messages on the association, such as a storage
+    commitment report sent from another thread, pass unchanged. An error in
+    `change` is logged and the response is sent as pynetdicom built it.
     """
     dimse = event.assoc.dimse
     send_msg = dimse.send_msg
+    request_type = type(event.request)
     message_id = event.request.MessageID
 
     def send_changed(message, context_id):
-        if isinstance(message, C_MOVE) and message.MessageIDBeingRespondedTo == message_id:
+        if (isinstance(message, request_type) and message.MessageIDBeingRespondedTo == message_id
+                and message.Status != STATUS_PENDING):
             dimse.send_msg = send_msg
             try:
                 change(message)
             except Exception:
-                log.exception("changing the C-MOVE response to message %s from %s failed",
-                              message_id, _address_of(event.assoc))
+                log.exception("changing the final %s response to message %s from %s failed",
+                              request_type.__name__.replace("_", "-"), message_id, _address_of(event.assoc))
         send_msg(message, context_id)
 
     dimse.send_msg = send_changed

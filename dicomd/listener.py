@@ -47,8 +47,9 @@ log = logging.getLogger(__name__)
 # Instances are stored in the transfer syntax they arrive in, never re-encoded,
 # so every syntax listed here is accepted without needing a codec.
 # pynetdicom accepts the first syntax of this list that the requestor proposes,
-# so explicit VR comes first: it keeps each element's VR, and C-GET sends
-# stored instances back without converting them.
+# so explicit VR comes first: it keeps each element's VR. C-GET sends a
+# stored instance back in its own syntax, or decompressed when the requestor
+# accepted only uncompressed syntaxes for its SOP class (dicomd/retrieve.py).
 TRANSFER_SYNTAXES = [
     uid.ExplicitVRLittleEndian,
     uid.ImplicitVRLittleEndian,

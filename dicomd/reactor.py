@@ -14,6 +14,12 @@ stops the thread. The association thread blocks on an event, which the DUL
 sets after each state machine action. Both threads still wake up every
 IDLE_WAIT_SECONDS to check their timers. The rest, including the state
 machine, is pynetdicom's.
+
+pynetdicom's DUL also sends every queued primitive before it reads the
+connection again, so there a C-CANCEL waits behind every pending C-FIND
+response that a handler has queued. Here the DUL alternates between reading
+and sending while both have work, and a handler can wait until few
+primitives are left to send (`WakingDUL.wait_for_send_queue`).
 """
 
 from __future__ import annotations
@@ -47,11 +53,15 @@ class WakingDUL(DULServiceProvider):
     """pynetdicom's DUL, with a reactor that sleeps in select() until a PDU arrives or one is queued."""
 
     def __init__(self, assoc: Association):
-        # The wake-up pair exists before Thread.__init__ sets _kill_thread.
+        # The wake-up pair and the condition exist before Thread.__init__ sets _kill_thread.
         self._wake_reader, self._wake_writer = socket.socketpair()
         self._wake_reader.setblocking(False)
         self._wake_writer.setblocking(False)
+        # Notified after each state machine action, which may have sent a queued primitive.
+        self._sent = threading.Condition()
         self._stopping = False
+        # Whether the next round reads the connection first when primitives are also queued.
+        self._read_turn = False
         super().__init__(assoc)
 
     # pynetdicom stops the thread by setting this flag from other threads
@@ -65,10 +75,25 @@ class WakingDUL(DULServiceProvider):
         self._stopping = value
         if value:
             self._wake()
+            self._notify_sent()
 
     def send_pdu(self, primitive) -> None:
         super().send_pdu(primitive)
         self._wake()
+
+    def wait_for_send_queue(self, max_queued: int) -> None:
+        """Block until at most `max_queued` primitives wait to be sent, or the DUL thread stops.
+
+        A handler that yields responses faster than the connection carries
+        them calls this first, so that a C-CANCEL finds few responses still
+        queued. When the peer stops reading, a send times out after the
+        network timeout (dicomd.listener sets it on the socket), the
+        connection closes and the thread stops, which ends the wait.
+        """
+        with self._sent:
+            while len(self.to_provider_queue.queue) > max_queued and not self._stopping:
+                # The timeout only bounds a missed notification.
+                self._sent.wait(IDLE_WAIT_SECONDS)
 
     def run_reactor(self) -> None:
         try:
@@ -76,6 +101,8 @@ class WakingDUL(DULServiceProvider):
         finally:
             self._wake_reader.close()
             self._wake_writer.close()
+            self._stopping = True
+            self._notify_sent()
 
     def _serve(self) -> None:
         self._idle_timer.start()
@@ -85,12 +112,8 @@ class WakingDUL(DULServiceProvider):
             if self.artim_timer.expired:
                 self.event_queue.put("Evt18")
 
-            # One round either sends one queued primitive or reads one PDU.
             try:
-                if self._process_recv_primitive():
-                    pass
-                elif self._is_transport_event():
-                    self._idle_timer.restart()
+                self._queue_next_event()
             except Exception:
                 self._abort_after_error()
                 return
@@ -101,7 +124,29 @@ class WakingDUL(DULServiceProvider):
                 self._wait_for_work()
                 continue
             self.state_machine.do_action(event)
+            self._notify_sent()
             self.assoc.wake()
+
+    def _queue_next_event(self) -> None:
+        """Queue the event of one primitive to send or of one PDU read, as pynetdicom's rounds do.
+
+        While primitives are queued and the connection has data, rounds
+        alternate between the two, so that neither direction waits for the
+        other to run dry.
+        """
+        if not self.to_provider_queue.queue:
+            if self._is_transport_event():
+                self._idle_timer.restart()
+            return
+
+        if self._read_turn and self._has_incoming_data():
+            self._read_turn = False
+            if self._is_transport_event():
+                self._idle_timer.restart()
+            return
+
+        self._read_turn = True
+        self._process_recv_primitive()
 
     def _abort_after_error(self) -> None:
         """Send an A-ABORT directly and stop both threads, as pynetdicom does when its reactor fails."""
@@ -137,6 +182,28 @@ class WakingDUL(DULServiceProvider):
             return
         if self._wake_reader in readable:
             self._drain_wake_ups()
+
+    def _has_incoming_data(self) -> bool:
+        """Return whether the connection has data to read now, without the side effects of pynetdicom's check.
+
+        pynetdicom's `AssociationSocket.ready` queues a closed-connection
+        event when select() fails. Here a failure only means "no data", so
+        the round sends its primitive and queues no second event.
+        """
+        connection = self._open_connection()
+        if connection is None:
+            return False
+        if isinstance(connection, ssl.SSLSocket) and connection.pending():
+            return True
+        try:
+            readable, _, _ = select.select([connection], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return bool(readable)
+
+    def _notify_sent(self) -> None:
+        with self._sent:
+            self._sent.notify_all()
 
     def _open_connection(self) -> socket.socket | None:
         transport = self.socket

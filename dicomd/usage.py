@@ -194,14 +194,21 @@ class UsageRecorder:
             return association.id
 
     def record_failure(self, association_id: int, reason: str, detail: str) -> None:
-        """Note a failed request on an accepted association; the first reason is kept."""
+        """Note a failed request on an accepted association; the first reason is kept.
+
+        `detail` becomes a new line of the association's detail unless that
+        line is there already, so repeated failures of one kind show once.
+        """
         with Session(self.engine) as session, session.begin():
             association = session.get(Association, association_id)
             if association is None:
                 return
             if association.reason is None:
                 association.reason = reason
-            association.detail = f"{association.detail}\n{detail}" if association.detail else detail
+            if not association.detail:
+                association.detail = detail
+            elif detail not in association.detail.split("\n"):
+                association.detail = f"{association.detail}\n{detail}"
 
     def record_instance(
         self,

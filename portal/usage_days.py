@@ -55,9 +55,11 @@ def _add_usage_statement(dialect: str, counters: tuple[str, ...]):
     )
 
 
-# Keys of Association.operations that mark a subset of requests already counted
-# under another key, such as stores of an instance the PACS already had.
-SUBSET_KEYS = frozenset({"store_duplicate"})
+# Keys of Association.operations that count something other than requests: a
+# subset of requests already counted under another key, such as stores of an
+# instance the PACS already had, or the failed C-STORE sub-operations of C-GET
+# and C-MOVE requests.
+SUBSET_KEYS = frozenset({"store_duplicate", "get_sub_operations_failed", "move_sub_operations_failed"})
 
 
 def request_counts(operations: dict[str, int]) -> dict[str, int]:

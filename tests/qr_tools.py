@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 import socket
+import signal
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from pydicom import dcmread
@@ -29,11 +31,11 @@ def key_arguments(keys: dict[str, str]) -> list[str]:
     return arguments
 
 
-def findscu(port: int, calling: str, keys: dict[str, str], output_dir: Path, model: str = "-S"):
-    """Run findscu and return (result, response identifiers in the order received)."""
+def findscu(port: int, calling: str, keys: dict[str, str], output_dir: Path, *options: str, model: str = "-S"):
+    """Run findscu with extra `options` and return (result, response identifiers in the order received)."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    result = run_tool("findscu", ["-v", model, "-X", "-od", str(output_dir), "-aet", calling, "-aec", "PACS",
-                                  *key_arguments(keys), "127.0.0.1", str(port)])
+    result = run_tool("findscu", ["-v", *options, model, "-X", "-od", str(output_dir), "-aet", calling,
+                                  "-aec", "PACS", *key_arguments(keys), "127.0.0.1", str(port)])
     responses = [dcmread(path) for path in sorted(output_dir.glob("rsp*.dcm"))]
     return result, responses
 
@@ -70,6 +72,17 @@ def start_storescp(port: int, ae_title: str, output_dir: Path, log_path: Path, *
             time.sleep(0.1)
     process.kill()
     raise RuntimeError(f"storescp did not listen on port {port}:\n{log_path.read_text()}")
+
+
+@contextmanager
+def running_storescp(port: int, ae_title: str, output_dir: Path, log_path: Path, *options: str):
+    """Run storescp as in start_storescp for the duration of a `with` block, then stop it."""
+    process = start_storescp(port, ae_title, output_dir, log_path, *options)
+    try:
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=10)
 
 
 def dataset_bytes(path: Path) -> bytes:

@@ -7,7 +7,6 @@ the generated one's extended key usage is tested here too.
 from __future__ import annotations
 
 import ipaddress
-import signal
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from portal.certificates import ensure_private_ca, ensure_server_pair, issue_client_certificate, load_ca
 from tests.conftest import free_port
 from tests.dicomd_process import add_identity, wait_for_end
-from tests.qr_tools import dataset_bytes, final_move_response, movescu, start_storescp
+from tests.qr_tools import dataset_bytes, final_move_response, movescu, running_storescp
 from tests.test_query_retrieve import ALL_STUDIES, HEADERS, stored, stored_file  # noqa: F401
 from tests.test_tls_dicomd import self_made_certificate, write_pair
 
@@ -52,12 +51,8 @@ def destination_pair(settings, directory: Path) -> tuple[Path, Path]:
 
 def move_all_to_storescp(server, port: int, output: Path, log_path: Path, *storescp_options: str):
     """Run movescu -d for the three sample studies to VIEWER1 while storescp listens on `port` as VIEWER1."""
-    receiver = start_storescp(port, "VIEWER1", output, log_path, *storescp_options)
-    try:
+    with running_storescp(port, "VIEWER1", output, log_path, *storescp_options):
         return movescu(server.port, "WS1", "VIEWER1", ALL_STUDIES, "-d")
-    finally:
-        receiver.send_signal(signal.SIGTERM)
-        receiver.wait(timeout=10)
 
 
 def extended_key_usage(cert_path: Path) -> list:

@@ -11,7 +11,7 @@ from portal.extensions import db
 from portal.identities.service import create_identity
 from portal.models import Association, DicomIdentity, Instance, ListenerHeartbeat, Study, UsageDay, utcnow
 from portal.usage.queries import edit_distance, suggest_identities
-from portal.usage_days import add_usage
+from portal.usage_days import add_usage, request_counts
 from tests.conftest import login
 
 
@@ -338,6 +338,36 @@ def test_prune_invalid_days(runner, value, message):
 def test_add_usage_rejects_unknown_counter(app, echo):
     with app.app_context(), pytest.raises(ValueError, match="unknown usage counters: bogus"):
         add_usage(db.session, echo, utcnow().date(), bogus=1)
+
+
+def test_request_counts_skip_sub_operations():
+    operations = {"get": 2, "get_sub_operations_failed": 7, "move": 1, "move_sub_operations_failed": 3,
+                  "move_destination_failed": 1, "store": 4, "store_duplicate": 4}
+
+    counts = request_counts(operations)
+
+    assert counts["get"] == 2
+    assert counts["move"] == 2
+    assert counts["store"] == 4
+
+
+def test_connection_log_shows_sub_operation_failures(app, admin_client, echo):
+    def seed(session, identity):
+        association = record(session, identity, reason="sub_operations_failed", operations={"move": 1})
+        # record() adds each operations key to a daily request counter, which has no sub-operation column.
+        association.operations = {"move": 1, "move_sub_operations_failed": 2}
+        association.detail = "sub_operations_failed: C-MOVE to VIEWER1: 2 of 3 C-STORE sub-operations failed"
+    with_identity(app, echo, seed)
+
+    page = admin_client.get("/settings/devices/dicom/log").get_data(as_text=True)
+    usage = admin_client.get(f"/settings/devices/dicom/{echo}/usage").get_data(as_text=True)
+
+    assert "Retrieve sub-operations failed" in page
+    assert "move_sub_operations_failed 2" in page
+    assert "2 of 3 C-STORE sub-operations failed" in page
+    periods = usage.split('id="periods"')[1].split("</table>")[0]
+    moves = periods.split("<th>C-MOVE requests</th>")[1].split("</tr>")[0]
+    assert [cell.split("</td>")[0] for cell in moves.split("<td>")[1:]] == ["1", "1", "1", "1"]
 
 
 def test_last_tls_session_shown(app, admin_client, echo):

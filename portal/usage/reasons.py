@@ -97,6 +97,25 @@ REASONS: dict[str, Explanation] = {
         "PACS's AE title. With Require TLS on, the destination must accept TLS on that port, trust the PACS "
         "CA, and present a certificate for the retrieve host that chains to DICOM_TLS_CLIENT_CA.",
     ),
+    "invalid_identifier": Explanation(
+        "Invalid query or retrieve identifier",
+        "A C-FIND, C-GET or C-MOVE request carried an identifier that dicomd cannot process: a missing or "
+        "unknown Query/Retrieve Level, or a retrieve without the unique key of its level, such as a STUDY "
+        "level retrieve without Study Instance UID. The device got status 0xA900 with the error as Error "
+        "Comment (0000,0902). The detail gives the error.",
+        "Check the query/retrieve settings on the device: the information model, the level and the keys it "
+        "sends. Ask its vendor if the device cannot be configured to send the unique key.",
+    ),
+    "sub_operations_failed": Explanation(
+        "Retrieve sub-operations failed",
+        "Some instances of a C-GET or C-MOVE could not be sent: their C-STORE sub-operations failed. The device "
+        "got a final status of 0xB000 (some failed), 0xA702 (all failed) or 0xFE00 (cancelled) with the failed "
+        "instances listed. The operations count them as get_sub_operations_failed or "
+        "move_sub_operations_failed, and the detail gives the causes with one SOP instance each.",
+        "A C-STORE status comes from the receiver: check its storage and its log. \"No presentation context\" "
+        "means the receiver did not accept the instance's SOP class or transfer syntax. Any other error can "
+        "come from a stored file that dicomd could not read: check the storage volume and dicomd's log.",
+    ),
     "local_limit_exceeded": Explanation(
         "Too many associations",
         "The association limit was reached, so the device was rejected transiently (reason 2, local "
