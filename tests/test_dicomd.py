@@ -266,3 +266,29 @@ def test_port_in_use_exits(app, environ, tmp_path):
 
     assert exit_code == 1
     assert "cannot listen on 127.0.0.1" in log_path.read_text()
+
+
+def test_storage_dir_not_writable_exits(app, environ, tmp_path):
+    # Root may write anywhere, so the storage path goes below a regular file instead.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    log_path = tmp_path / "dicomd.log"
+    process = start_dicomd({**environ, "DICOM_STORAGE_DIR": str(blocker / "storage")}, log_path)
+
+    exit_code = process.wait(timeout=START_TIMEOUT_SECONDS)
+
+    assert exit_code == 1
+    assert f"the storage directory {blocker / 'storage'} is not writable" in log_path.read_text()
+
+
+def test_host_not_on_this_machine_exits(app, environ, tmp_path):
+    # 192.0.2.1 is a documentation address (RFC 5737): binding to it fails
+    # locally, and nothing is sent anywhere.
+    log_path = tmp_path / "dicomd.log"
+    process = start_dicomd({**environ, "DICOM_HOST": "192.0.2.1"}, log_path)
+
+    exit_code = process.wait(timeout=START_TIMEOUT_SECONDS)
+
+    assert exit_code == 1
+    assert "cannot listen on 192.0.2.1" in log_path.read_text()
+    assert "set DICOM_HOST" in log_path.read_text()
