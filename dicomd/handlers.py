@@ -402,17 +402,17 @@ class ListenerHandlers:
         """
         state = self._state(event)
         if state is None:
-            yield 1
+            yield _end_get_without_sub_operations(event)
             yield STATUS_PROCESSING_FAILURE, None
             return
         if not self._permits(state, "get"):
-            yield 1
+            yield _end_get_without_sub_operations(event)
             yield self._refuse(state, "get"), None
             return
 
         items, status = self._retrieve_items(state, event, "get")
         if status is not None:
-            yield 1
+            yield _end_get_without_sub_operations(event)
             yield status, None
             return
 
@@ -909,6 +909,25 @@ def _final_move_status(event: Event, status: int | Dataset):
 
     _change_final_response(event, set_status)
     return None, None
+
+
+def _end_get_without_sub_operations(event: Event) -> int:
+    """Prepare a C-GET to end with a failure before any sub-operation, and return the count to yield first.
+
+    pynetdicom (3.0) ends a C-GET whose handler yields 0 sub-operations with
+    success, so the handler yields 1 and then the failure status. pynetdicom
+    would count that one as failed and add an empty Failed SOP Instance UID
+    List, which DCMTK's getscu (3.6.7) cannot read before its release. The
+    final response is sent with zero counts and no identifier instead.
+    """
+    def no_sub_operations(response) -> None:
+        response.NumberOfFailedSuboperations = 0
+        response.NumberOfWarningSuboperations = 0
+        response.NumberOfCompletedSuboperations = 0
+        response.Identifier = None
+
+    _change_final_response(event, no_sub_operations)
+    return 1
 
 
 def _change_final_response(event: Event, change) -> None:

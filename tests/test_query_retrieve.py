@@ -425,6 +425,18 @@ def test_refused_until_ticked(stored, session, admin_client, tmp_path, operation
     assert operation in rows[-1].operations or f"{operation}_failed" not in rows[-1].operations
 
 
+@pytest.mark.dcmtk
+def test_getscu_invalid_identifier_released(stored, tmp_path):
+    """A C-GET that fails before any sub-operation carries no identifier, so getscu reads it and releases."""
+    result = getscu(stored.port, "WS1", {"QueryRetrieveLevel": "STUDY"}, tmp_path / "got")
+
+    # DCMTK's name for 0xA900.
+    assert "Received C-GET Response (Error: DataSetDoesNotMatchSOPClass)" in result.stderr, result.stderr
+    assert "Release Failed" not in result.stderr
+    assert "Aborting Association" not in result.stderr
+    assert re.search(r"Number of Failed Suboperations\s*: 0\n", result.stderr), result.stderr
+
+
 # Matches for the cancel tests: enough that a C-CANCEL which does not stop the
 # request is plain to see in the number of responses.
 MANY_INSTANCES = 400
