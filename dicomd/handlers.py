@@ -192,13 +192,7 @@ class ListenerHandlers:
         request = assoc.requestor.primitive
         calling = (request.calling_ae_title or "").strip(" ")
         called = (request.called_ae_title or "").strip(" ")
-        peer = Peer(
-            address=assoc.requestor.address,
-            port=assoc.requestor.port,
-            local_port=self.local_port,
-            transport=self.transport,
-            tls=tls_session_of(assoc) if self.transport is Transport.TLS else None,
-        )
+        peer = self._peer_of(assoc)
         presented = peer.tls.client_certificate_fingerprint if peer.tls else None
 
         limit_slot = None
@@ -261,13 +255,7 @@ class ListenerHandlers:
     def handle_conn_open(self, event: Event) -> None:
         """Note a new connection, so that one which ends before a decodable A-ASSOCIATE-RQ is still recorded."""
         assoc = event.assoc
-        peer = Peer(
-            address=assoc.requestor.address,
-            port=assoc.requestor.port,
-            local_port=self.local_port,
-            transport=self.transport,
-            tls=tls_session_of(assoc) if self.transport is Transport.TLS else None,
-        )
+        peer = self._peer_of(assoc)
         watch = ConnectionWatch(assoc)
         with self._lock:
             self._connections[assoc] = (peer, utcnow(), watch)
@@ -603,6 +591,16 @@ class ListenerHandlers:
             self.recorder.record_connection_failure(peer, RejectReason.INVALID_ASSOCIATION_REQUEST, detail, opened_at)
         except Exception:
             log.exception("connection from %s: recording the invalid association request failed", _address(peer))
+
+    def _peer_of(self, assoc) -> Peer:
+        """Describe the peer of `assoc` and this listener, with what its TLS handshake negotiated."""
+        return Peer(
+            address=assoc.requestor.address,
+            port=assoc.requestor.port,
+            local_port=self.local_port,
+            transport=self.transport,
+            tls=tls_session_of(assoc) if self.transport is Transport.TLS else None,
+        )
 
     def _state(self, event: Event) -> AssociationState | None:
         with self._lock:

@@ -178,7 +178,7 @@ class WakingDUL(DULServiceProvider):
         try:
             readable, _, _ = select.select(waiting_on, [], [], IDLE_WAIT_SECONDS)
         except (OSError, ValueError):
-            # The connection was closed by another thread; the next round sees it.
+            # Another thread closed the connection, and the next round handles that.
             return
         if self._wake_reader in readable:
             self._drain_wake_ups()
@@ -217,7 +217,7 @@ class WakingDUL(DULServiceProvider):
         try:
             self._wake_writer.send(b"\0")
         except (BlockingIOError, OSError):
-            # A full buffer already holds a wake-up; a closed one means the thread has ended.
+            # A full buffer already contains a wake-up. A closed socket means the thread has ended.
             pass
 
     def _drain_wake_ups(self) -> None:
@@ -262,9 +262,9 @@ class WakingAssociation(Association):
         """
         self._is_paused = False
         while not self._kill:
-            # The reactor counts as paused while it waits: a send_*() call from
-            # another thread may use the DIMSE queue meanwhile, and the
-            # checkpoint below holds the reactor until that call is done.
+            # The reactor counts as paused while it waits, so a send_*() call from
+            # another thread may use the DIMSE queue meanwhile. The checkpoint
+            # below then blocks the reactor until that call is done.
             self._is_paused = True
             self._activity.wait(IDLE_WAIT_SECONDS)
             self._activity.clear()
