@@ -16,7 +16,7 @@ from io import BytesIO
 from pathlib import Path
 
 from pydicom.dataset import Dataset
-from pynetdicom import evt
+from pynetdicom import _config, evt
 from pynetdicom.dsutils import encode
 from pynetdicom.events import Event
 from pynetdicom.status import STATUS_FAILURE, STORAGE_SERVICE_CLASS_STATUS
@@ -25,7 +25,16 @@ from sqlalchemy.orm import Session
 from dicomd import commitment, policy, query, retrieve
 from dicomd.limits import AssociationLimits, LimitExceeded
 from dicomd.policy import IdentityPolicy, RejectReason, Rejection, Transport
-from dicomd.storage import InvalidDataset, SOPClassMismatch, StorageFailed, remove_instance, store_instance, take_receive_failure
+from dicomd.reactor import WakingDUL
+from dicomd.storage import (
+    InvalidDataset,
+    ReceivedFile,
+    SOPClassMismatch,
+    StorageFailed,
+    remove_instance,
+    store_instance,
+    take_receive_failure,
+)
 from dicomd.tls import TlsSession, session_of
 from dicomd.usage import Peer, UsageRecorder
 from portal.models import utcnow
@@ -243,6 +252,13 @@ class ListenerHandlers:
             self.limits.attach_record(limit_slot, record_id)
         with self._lock:
             self._states[assoc] = state
+        if isinstance(assoc.dul, WakingDUL) and _config.LOG_HANDLER_LEVEL == "none":
+            # With pynetdicom's log handlers on, requests take its path so that they are logged.
+            assoc.dul.receive_stores_directly(
+                lambda context, command, path: self.store_received(
+                    state, command.sop_class_uid, command.sop_instance_uid, path,
+                )
+            )
         log.info("%s to %s accepted (%s)", state, called, _describe_transport(peer))
 
     def handle_rejected(self, event: Event) -> None:
@@ -283,21 +299,27 @@ class ListenerHandlers:
         state = self._state(event)
         if state is None:
             return STATUS_PROCESSING_FAILURE
+        request = event.request
+        return self.store_received(
+            state, str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID), event.dataset_path,
+        )
 
+    def store_received(self, state: AssociationState, sop_class_uid: str, sop_instance_uid: str,
+                       received: Path | ReceivedFile) -> int:
+        """Store the received Part 10 file for a C-STORE request; see handle_store."""
         if not self._permits(state, "store"):
             return self._refuse(state, "store")
 
-        request = event.request
-        receive_failure = take_receive_failure(event.dataset_path)
+        receive_failure = take_receive_failure(received.path if isinstance(received, ReceivedFile) else received)
         if receive_failure is not None:
-            error = StorageFailed(f"receiving SOP instance {request.AffectedSOPInstanceUID} failed: {receive_failure}")
+            error = StorageFailed(f"receiving SOP instance {sop_instance_uid} failed: {receive_failure}")
             return self._fail(state, "store_failed", REASON_STORAGE_FAILED, error, STATUS_OUT_OF_RESOURCES)
         try:
             stored = store_instance(
-                event.dataset_path,
+                received,
                 self.storage_dir,
-                expected_sop_class_uid=str(request.AffectedSOPClassUID),
-                expected_sop_instance_uid=str(request.AffectedSOPInstanceUID),
+                expected_sop_class_uid=sop_class_uid,
+                expected_sop_instance_uid=sop_instance_uid,
             )
         except SOPClassMismatch as error:
             return self._fail(state, "store_invalid", REASON_INVALID_DATASET, error, STATUS_DATASET_MISMATCH)
@@ -306,7 +328,7 @@ class ListenerHandlers:
         except StorageFailed as error:
             return self._fail(state, "store_failed", REASON_STORAGE_FAILED, error, STATUS_OUT_OF_RESOURCES)
         except Exception:
-            log.exception("%s: storing SOP instance %s failed unexpectedly", state, request.AffectedSOPInstanceUID)
+            log.exception("%s: storing SOP instance %s failed unexpectedly", state, sop_instance_uid)
             state.operations["store_failed"] += 1
             return STATUS_PROCESSING_FAILURE
 

@@ -17,6 +17,8 @@ import re
 import shutil
 import tempfile
 import threading
+from concurrent import futures
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +63,13 @@ HEADER_TAGS = [
 
 COPY_BUFFER_BYTES = 1024 * 1024
 
+# Threads that fsync received files while their handlers decode the header,
+# and create the files that the next data sets go to; more than one,
+# because the associations of a worker store at the same time.
+FILE_POOL_THREADS = 4
+_file_pool: futures.ThreadPoolExecutor | None = None
+_file_pool_lock = threading.Lock()
+
 
 class InvalidDataset(Exception):
     """The data set cannot be stored: missing or invalid UIDs, or undecodable."""
@@ -99,6 +108,21 @@ class InstanceHeader:
 
 
 @dataclass(frozen=True)
+class ReceivedFile:
+    """A received Part 10 file in the storage volume that becomes the stored file itself, without a copy.
+
+    A named file sits in the incoming directory. An unnamed one (O_TMPFILE)
+    has no name at all until it is linked into place: `path` is then
+    /proc/self/fd/N for the descriptor its receiver keeps open, and a crash
+    leaves nothing behind. Creating and removing a name in the incoming
+    directory for every instance costs directory writes, which an unnamed file saves.
+    """
+
+    path: Path
+    unnamed: bool = False
+
+
+@dataclass(frozen=True)
 class StoredInstance:
     """An instance at its final path; `duplicate` when that path already held it."""
 
@@ -132,7 +156,8 @@ def read_header(path: Path) -> InstanceHeader:
     or invalid. The pixel data is never decoded.
     """
     try:
-        dataset = dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS)
+        with _open_for_reading(path) as source:
+            dataset = dcmread(source, stop_before_pixels=True, specific_tags=HEADER_TAGS)
         values = {
             "sop_class_uid": _text(dataset, "SOPClassUID"),
             "sop_instance_uid": _text(dataset, "SOPInstanceUID"),
@@ -168,42 +193,52 @@ def read_header(path: Path) -> InstanceHeader:
 
 
 def store_instance(
-    source: Path,
+    source: Path | ReceivedFile,
     storage_dir: Path,
     *,
     expected_sop_class_uid: str,
     expected_sop_instance_uid: str,
 ) -> StoredInstance:
-    """Copy the received Part 10 file `source` durably to its final path.
+    """Place the received Part 10 file `source` durably at its final path.
 
-    The expected UIDs are those of the C-STORE request. Returns the stored
-    instance; when the final path already exists the stored copy is kept
-    and the result is marked as a duplicate. Raises InvalidDataset,
-    SOPClassMismatch or StorageFailed.
+    A file in the incoming directory, or a ReceivedFile, is linked into
+    place; any other file is copied. The expected UIDs are those of the
+    C-STORE request. Returns the stored instance; when the final path
+    already exists the stored copy is kept and the result is marked as a
+    duplicate. Raises InvalidDataset, SOPClassMismatch or StorageFailed.
     """
-    header = read_header(source)
-    if header.sop_class_uid != expected_sop_class_uid.strip("\0 "):
-        raise SOPClassMismatch(
-            f"the data set's SOP Class UID {header.sop_class_uid} is not the "
-            f"requested {expected_sop_class_uid}"
-        )
-    if header.sop_instance_uid != expected_sop_instance_uid.strip("\0 "):
-        raise InvalidDataset(
-            f"the data set's SOP Instance UID {header.sop_instance_uid} is not the "
-            f"requested {expected_sop_instance_uid}"
-        )
-
-    final_path = instance_path(storage_dir, header)
-    relative_path = final_path.relative_to(storage_dir).as_posix()
-    size_bytes = source.stat().st_size
-    if final_path.exists():
-        return StoredInstance(header, relative_path, size_bytes, duplicate=True)
-
+    if not isinstance(source, ReceivedFile) and _is_incoming(source, storage_dir):
+        source = ReceivedFile(source)
+    # The fsync of a received file does not depend on its header, so it runs while the header is decoded.
+    flushing = _fsync_in_background(source.path) if isinstance(source, ReceivedFile) else None
     try:
-        duplicate = _write_durably(source, final_path, storage_dir)
-    except OSError as error:
-        raise StorageFailed(f"writing {relative_path} failed: {error}") from error
-    return StoredInstance(header, relative_path, size_bytes, duplicate=duplicate)
+        header = read_header(source.path if isinstance(source, ReceivedFile) else source)
+        if header.sop_class_uid != expected_sop_class_uid.strip("\0 "):
+            raise SOPClassMismatch(
+                f"the data set's SOP Class UID {header.sop_class_uid} is not the "
+                f"requested {expected_sop_class_uid}"
+            )
+        if header.sop_instance_uid != expected_sop_instance_uid.strip("\0 "):
+            raise InvalidDataset(
+                f"the data set's SOP Instance UID {header.sop_instance_uid} is not the "
+                f"requested {expected_sop_instance_uid}"
+            )
+
+        final_path = instance_path(storage_dir, header)
+        relative_path = final_path.relative_to(storage_dir).as_posix()
+        size_bytes = os.stat(source.path if isinstance(source, ReceivedFile) else source).st_size
+        if final_path.exists():
+            return StoredInstance(header, relative_path, size_bytes, duplicate=True)
+
+        try:
+            duplicate = _write_durably(source, final_path, storage_dir, flushing)
+        except OSError as error:
+            raise StorageFailed(f"writing {relative_path} failed: {error}") from error
+        return StoredInstance(header, relative_path, size_bytes, duplicate=duplicate)
+    finally:
+        # The caller removes the received file next; the fsync must be over by then.
+        if flushing is not None:
+            futures.wait([flushing])
 
 
 def remove_instance(storage_dir: Path, relative_path: str) -> None:
@@ -256,20 +291,24 @@ def _remove_leftovers(directory: Path) -> None:
             leftover.unlink()
 
 
-def _write_durably(source: Path, final_path: Path, storage_dir: Path) -> bool:
+def _write_durably(source: Path | ReceivedFile, final_path: Path, storage_dir: Path,
+                   flushing: Future | None) -> bool:
     """Write `source` to `final_path` through an fsynced temporary file.
 
-    A file that pynetdicom received into the incoming directory already is
-    that temporary file, on the same file system, so it is fsynced and linked
-    into place without a copy. Any other source is copied first. Returns True
-    when another writer placed the same instance first, in which case its
-    copy is kept.
+    A received file already is that temporary file, on the same file
+    system, and `flushing` is its fsync: once that is done the file is
+    linked into place without a copy. Any other source is copied first.
+    Returns True when another writer placed the same instance first, in
+    which case its copy is kept.
     """
     created_dirs = _make_dirs(final_path.parent, storage_dir)
-    if source.resolve().is_relative_to((storage_dir / INCOMING_DIR_NAME).resolve()):
-        _fsync_file(source)
-        # The link leaves the incoming name to its owner, pynetdicom, which removes it after the handler returns.
-        duplicate = _place(source, final_path)
+    if isinstance(source, ReceivedFile):
+        flushing.result()
+        # The link leaves the received file to its receiver, which removes or closes it after the handler returns.
+        if source.unnamed:
+            duplicate = _link_unnamed(source.path, final_path)
+        else:
+            duplicate = _place(source.path, final_path)
         _fsync_placed(final_path, created_dirs)
         return duplicate
 
@@ -318,6 +357,23 @@ def _place(temp_path: Path, final_path: Path) -> bool:
     return False
 
 
+def _link_unnamed(path: Path, final_path: Path) -> bool:
+    """Give the unnamed file open at `path` (/proc/self/fd/N) its final name; return True when the name existed.
+
+    os.link() without directory descriptors calls link(2), which would link
+    the /proc entry itself and fail. With them it calls linkat(2) with
+    AT_SYMLINK_FOLLOW, which links the open file.
+    """
+    directory = os.open(final_path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.link(path, final_path.name, src_dir_fd=directory, dst_dir_fd=directory)
+    except FileExistsError:
+        return True
+    finally:
+        os.close(directory)
+    return False
+
+
 def _make_dirs(directory: Path, storage_dir: Path) -> list[Path]:
     """Create `directory` and its missing parents below `storage_dir`; return those created."""
     missing = []
@@ -331,6 +387,41 @@ def _make_dirs(directory: Path, storage_dir: Path) -> list[Path]:
         except FileExistsError:
             pass
     return list(reversed(missing))
+
+
+def _open_for_reading(path: Path):
+    """Open `path` for reading without updating its access time where the system allows.
+
+    Reading a file just written makes its access time older than its
+    modification time, so the kernel updates it (relatime) and the inode is
+    written again. On ext4 without a journal the next file created then
+    waits about 0.7 ms for that write.
+    """
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOATIME)
+    except PermissionError:
+        # O_NOATIME is only for the file's owner.
+        descriptor = os.open(path, os.O_RDONLY)
+    return os.fdopen(descriptor, "rb")
+
+
+def _is_incoming(source: Path, storage_dir: Path) -> bool:
+    incoming = os.path.join(os.path.abspath(storage_dir), INCOMING_DIR_NAME)
+    return os.path.commonpath([os.path.abspath(source), incoming]) == incoming
+
+
+def _fsync_in_background(path: Path) -> Future:
+    """Start the fsync of `path` on a thread of this process's file pool."""
+    return in_background(_fsync_file, path)
+
+
+def in_background(function, *args) -> Future:
+    """Run `function(*args)` on a thread of this process's pool for file system calls that may block."""
+    global _file_pool
+    with _file_pool_lock:
+        if _file_pool is None:
+            _file_pool = futures.ThreadPoolExecutor(FILE_POOL_THREADS, thread_name_prefix="files")
+    return _file_pool.submit(function, *args)
 
 
 def _fsync_file(path: Path) -> None:
@@ -384,17 +475,26 @@ _receive_failures_lock = threading.Lock()
 
 
 class ReceivingFile:
-    """The temporary file pynetdicom (3.0) writes an incoming C-STORE data set to, made to survive a full disk.
+    """The temporary file an incoming C-STORE data set is written to, made to survive a full disk.
 
-    pynetdicom lets an error from a write end the association, so the device
+    pynetdicom (3.0) writes its data sets through this class, and so does
+    dicomd.direct_store (an unnamed file where the system allows). pynetdicom lets an error from a write end the association, so the device
     would get no status at all. Here the first failed write empties the file,
     frees its space, notes the error for the handler and drops the rest of
     the data set, so the handler can send status 0xA700 and the association goes on.
     """
 
-    def __init__(self, *args, **kwargs):
-        self._file = tempfile.NamedTemporaryFile(*args, **kwargs)
-        self.name = self._file.name
+    def __init__(self, *, suffix: str = ".dcm", unnamed: bool = False, **_options):
+        if unnamed:
+            # Raises OSError where the file system or the kernel has no O_TMPFILE.
+            descriptor = os.open(tempfile.gettempdir(), os.O_TMPFILE | os.O_WRONLY, 0o600)
+            self.name = f"/proc/self/fd/{descriptor}"
+        else:
+            # pynetdicom asks for NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm").
+            # A file from mkstemp is the same without the wrapper's cost on every write.
+            descriptor, self.name = tempfile.mkstemp(suffix=suffix)
+        self.unnamed = unnamed
+        self._file = os.fdopen(descriptor, "wb")
         self._failed = False
 
     @property

@@ -36,10 +36,10 @@ class Dicomd:
         return self.log_path.read_text()
 
 
-def start_dicomd(environ: dict[str, str], log_path: Path) -> subprocess.Popen:
+def start_dicomd(environ: dict[str, str], log_path: Path, *options: str) -> subprocess.Popen:
     with log_path.open("ab") as log_file:
         return subprocess.Popen(
-            [str(DICOMD), "run"],
+            [str(DICOMD), "run", *options],
             env={**os.environ, **environ},
             stdout=log_file,
             stderr=subprocess.STDOUT,

@@ -65,7 +65,30 @@ def final_files(storage_dir: Path) -> set[Path]:
 
 
 def incoming_files(storage_dir: Path) -> list[Path]:
-    return [path for path in (storage_dir / ".incoming").rglob("*") if path.is_file()]
+    """Return the data sets being received below `storage_dir`'s incoming directory.
+
+    dicomd writes a data set to an unnamed file (O_TMPFILE) where the system
+    allows, which only shows as an open descriptor of the worker
+    (/proc/PID/fd/N pointing to "<incoming>/#<inode> (deleted)"), and to a named
+    file otherwise. Empty files, created ahead for the next data set, do not count.
+    """
+    incoming = (storage_dir / ".incoming").resolve()
+    found = [path for path in incoming.rglob("*") if path.is_file() and _has_data(path)]
+    for descriptor in Path("/proc").glob("[0-9]*/fd/*"):
+        try:
+            target = os.readlink(descriptor)
+        except OSError:
+            continue
+        if target.startswith(f"{incoming}/") and target.endswith(" (deleted)") and _has_data(descriptor):
+            found.append(descriptor)
+    return found
+
+
+def _has_data(path: Path) -> bool:
+    try:
+        return path.stat().st_size > 0
+    except OSError:
+        return False
 
 
 def sender(calling: str, **timeouts) -> AE:

@@ -22,6 +22,7 @@ from tests.dicomd_process import (
     storescu,
     wait_for_end,
 )
+from tests.reliability_tools import incoming_files
 
 # storescu proposes uncompressed transfer syntaxes by default; these flags make
 # it propose each file's own syntax, so the file is sent without conversion.
@@ -167,7 +168,7 @@ def test_store_sample_files(dicomd, session, settings):
     rows = wait_for_end(session)
     assert [row.operations for row in rows] == [{"store": 1}] * len(sources)
     assert sum(row.bytes_received for row in rows) == total_bytes
-    assert [path for path in (settings.storage_dir / ".incoming").rglob("*") if path.is_file()] == []
+    assert incoming_files(settings.storage_dir) == []
 
 
 @pytest.mark.dcmtk

@@ -16,6 +16,7 @@ from benchmarks.datasets import CT_IMAGE_STORAGE, US_MULTIFRAME_IMAGE_STORAGE, I
 from portal.certificates import private_ca_paths
 from portal.models import Instance
 from tests.dicomd_process import TOOL_TIMEOUT_SECONDS, add_identity, reload, storescu, wait_for_end
+from tests.reliability_tools import incoming_files
 from tests.tools import dcmtk_environ, require_tool
 
 pytestmark = pytest.mark.dcmtk
@@ -131,4 +132,4 @@ def test_large_instance_arrives_intact(dicomd, session, settings, tmp_path):
     assert instance.size_bytes == stored.stat().st_size
     # write_instance puts Pixel Data last, so the file's tail is the pixel data.
     assert sha256_of_tail(stored, LARGE_SHAPE.pixel_bytes) == sha256_of_tail(source, LARGE_SHAPE.pixel_bytes)
-    assert [path for path in (settings.storage_dir / ".incoming").rglob("*") if path.is_file()] == []
+    assert incoming_files(settings.storage_dir) == []
