@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -56,6 +56,9 @@ TAG_AFFECTED_SOP_INSTANCE_UID = 0x00001000
 
 # pynetdicom responds with 0xC211 when its store handler raises an exception, and so does this path.
 STATUS_HANDLER_ERROR = 0xC211
+
+# Received files up to this size are also kept in memory until they are stored.
+MAX_KEPT_BYTES = 256 * 1024
 
 # A response PDU is at most about 210 bytes. A peer that announces a smaller
 # maximum PDU length than this gets pynetdicom's path, which fragments.
@@ -230,13 +233,20 @@ class ReceivingInstance:
         self.command = command
         self.file = file
         self.received = ReceivedFile(Path(file.name), unnamed=file.unnamed)
-        self.file.write(b"\0" * 128 + b"DICM")
-        self.file.write(file_meta_information(
+        # A copy of a small file, so that the handler decodes the header from memory.
+        self.contents: bytearray | None = bytearray()
+        self.write(b"\0" * 128 + b"DICM")
+        self.write(file_meta_information(
             command.sop_class_uid, command.sop_instance_uid, str(context.transfer_syntax[0]),
         ))
 
-    def write(self, fragment: memoryview) -> None:
+    def write(self, fragment: memoryview | bytes) -> None:
         self.file.write(fragment)
+        if self.contents is not None:
+            if len(self.contents) + len(fragment) <= MAX_KEPT_BYTES:
+                self.contents += fragment
+            else:
+                self.contents = None
 
     def finish(self) -> ReceivedFile:
         """Return the complete file for the handler.
@@ -248,6 +258,8 @@ class ReceivingInstance:
             self.file.flush()
         else:
             self.file.close()
+        if self.contents is not None:
+            return replace(self.received, contents=bytes(self.contents))
         return self.received
 
     def discard(self) -> None:

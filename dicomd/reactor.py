@@ -35,7 +35,6 @@ import socket
 import ssl
 import struct
 import threading
-from concurrent.futures import Future
 from datetime import datetime
 
 from pynetdicom import evt
@@ -55,14 +54,12 @@ from dicomd.direct_store import (
     MalformedPDU,
     ReceivingInstance,
     StoreHandler,
-    close_unused,
     is_storage_request,
     parse_store_command,
     split_pdvs,
     new_receiving_file,
     store_response_pdu,
 )
-from dicomd.storage import ReceivingFile, in_background
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +91,6 @@ class WakingDUL(DULServiceProvider):
         # Set once the association is accepted: see receive_stores_directly.
         self._store_handler: StoreHandler | None = None
         self._receiving: ReceivingInstance | None = None
-        # The file the next data set goes to, being created on another thread.
-        self._next_file: Future | None = None
         # Whether the store handler runs in this thread now.
         self._storing = False
         super().__init__(assoc)
@@ -157,8 +152,6 @@ class WakingDUL(DULServiceProvider):
                          self._receiving.command.sop_instance_uid, self.assoc.requestor.address)
                 self._receiving.discard()
                 self._receiving = None
-            if self._next_file is not None:
-                self._next_file.add_done_callback(_close_unused_file)
             self._wake_reader.close()
             self._wake_writer.close()
             self._stopping = True
@@ -302,21 +295,11 @@ class WakingDUL(DULServiceProvider):
         if command is None or context is None or not is_storage_request(command):
             return None
         try:
-            self._receiving = ReceivingInstance(context, command, self._take_file())
+            self._receiving = ReceivingInstance(context, command, new_receiving_file())
         except OSError:
             log.exception("creating the file for an incoming data set from %s failed", self.assoc.requestor.address)
             return None
         return values[1:]
-
-    def _take_file(self) -> ReceivingFile:
-        """Return the file created for the next data set, or create one now."""
-        if self._next_file is not None:
-            future, self._next_file = self._next_file, None
-            try:
-                return future.result()
-            except OSError:
-                log.warning("creating the file for the next data set failed; trying again", exc_info=True)
-        return new_receiving_file()
 
     def _may_start_directly(self) -> bool:
         """Return whether nothing else is in progress on the association, so a new message may take the direct path."""
@@ -338,9 +321,6 @@ class WakingDUL(DULServiceProvider):
         receiving = self._receiving
         self._receiving = None
         received = receiving.finish()
-        # Creating a file can wait for the file system to write the previous one
-        # (about 0.5 ms measured on ext4 without a journal), so the next one is created meanwhile.
-        self._next_file = in_background(new_receiving_file)
         command = receiving.command
         self._storing = True
         try:
@@ -568,11 +548,3 @@ class WakingRequestHandler(RequestHandler):
                     assoc.bind(event, handler, arguments)
         return assoc
 
-
-def _close_unused_file(future: Future) -> None:
-    """Close the file created for a data set that never came, once its creation is done."""
-    if future.exception() is None:
-        try:
-            close_unused(future.result())
-        except OSError:
-            log.exception("removing an unused temporary file failed")

@@ -11,19 +11,19 @@ elements needed for the path and the index are decoded.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import re
 import shutil
 import tempfile
 import threading
-from concurrent import futures
-from concurrent.futures import Future
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 
 from pydicom import dcmread
-from pydicom.tag import Tag
+from pydicom.tag import BaseTag, Tag
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +63,6 @@ HEADER_TAGS = [
 
 COPY_BUFFER_BYTES = 1024 * 1024
 
-# Threads that fsync received files while their handlers decode the header,
-# and create the files that the next data sets go to; more than one,
-# because the associations of a worker store at the same time.
-FILE_POOL_THREADS = 4
-_file_pool: futures.ThreadPoolExecutor | None = None
-_file_pool_lock = threading.Lock()
 
 
 class InvalidDataset(Exception):
@@ -120,6 +114,9 @@ class ReceivedFile:
 
     path: Path
     unnamed: bool = False
+    # The whole file, when the receiver kept a small one in memory as well:
+    # its header is then decoded without reading the file back.
+    contents: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -149,14 +146,14 @@ def instance_path(storage_dir: Path, header: InstanceHeader) -> Path:
     )
 
 
-def read_header(path: Path) -> InstanceHeader:
-    """Decode the header elements of the Part 10 file at `path` and validate its UIDs.
+def read_header(path: Path, contents: bytes | None = None) -> InstanceHeader:
+    """Decode the header elements of the Part 10 file at `path`, or of its `contents`, and validate its UIDs.
 
     Raises InvalidDataset when the file cannot be decoded or a UID is missing
     or invalid. The pixel data is never decoded.
     """
     try:
-        with _open_for_reading(path) as source:
+        with BytesIO(contents) if contents is not None else _open_for_reading(path) as source:
             dataset = dcmread(source, stop_before_pixels=True, specific_tags=HEADER_TAGS)
         values = {
             "sop_class_uid": _text(dataset, "SOPClassUID"),
@@ -209,36 +206,34 @@ def store_instance(
     """
     if not isinstance(source, ReceivedFile) and _is_incoming(source, storage_dir):
         source = ReceivedFile(source)
-    # The fsync of a received file does not depend on its header, so it runs while the header is decoded.
-    flushing = _fsync_in_background(source.path) if isinstance(source, ReceivedFile) else None
+    if isinstance(source, ReceivedFile):
+        path, contents = source.path, source.contents
+    else:
+        path, contents = source, None
+
+    header = read_header(path, contents)
+    if header.sop_class_uid != expected_sop_class_uid.strip("\0 "):
+        raise SOPClassMismatch(
+            f"the data set's SOP Class UID {header.sop_class_uid} is not the "
+            f"requested {expected_sop_class_uid}"
+        )
+    if header.sop_instance_uid != expected_sop_instance_uid.strip("\0 "):
+        raise InvalidDataset(
+            f"the data set's SOP Instance UID {header.sop_instance_uid} is not the "
+            f"requested {expected_sop_instance_uid}"
+        )
+
+    final_path = instance_path(storage_dir, header)
+    relative_path = final_path.relative_to(storage_dir).as_posix()
+    size_bytes = len(contents) if contents is not None else os.stat(path).st_size
+    if final_path.exists():
+        return StoredInstance(header, relative_path, size_bytes, duplicate=True)
+
     try:
-        header = read_header(source.path if isinstance(source, ReceivedFile) else source)
-        if header.sop_class_uid != expected_sop_class_uid.strip("\0 "):
-            raise SOPClassMismatch(
-                f"the data set's SOP Class UID {header.sop_class_uid} is not the "
-                f"requested {expected_sop_class_uid}"
-            )
-        if header.sop_instance_uid != expected_sop_instance_uid.strip("\0 "):
-            raise InvalidDataset(
-                f"the data set's SOP Instance UID {header.sop_instance_uid} is not the "
-                f"requested {expected_sop_instance_uid}"
-            )
-
-        final_path = instance_path(storage_dir, header)
-        relative_path = final_path.relative_to(storage_dir).as_posix()
-        size_bytes = os.stat(source.path if isinstance(source, ReceivedFile) else source).st_size
-        if final_path.exists():
-            return StoredInstance(header, relative_path, size_bytes, duplicate=True)
-
-        try:
-            duplicate = _write_durably(source, final_path, storage_dir, flushing)
-        except OSError as error:
-            raise StorageFailed(f"writing {relative_path} failed: {error}") from error
-        return StoredInstance(header, relative_path, size_bytes, duplicate=duplicate)
-    finally:
-        # The caller removes the received file next; the fsync must be over by then.
-        if flushing is not None:
-            futures.wait([flushing])
+        duplicate = _write_durably(source, final_path, storage_dir)
+    except OSError as error:
+        raise StorageFailed(f"writing {relative_path} failed: {error}") from error
+    return StoredInstance(header, relative_path, size_bytes, duplicate=duplicate)
 
 
 def remove_instance(storage_dir: Path, relative_path: str) -> None:
@@ -291,19 +286,17 @@ def _remove_leftovers(directory: Path) -> None:
             leftover.unlink()
 
 
-def _write_durably(source: Path | ReceivedFile, final_path: Path, storage_dir: Path,
-                   flushing: Future | None) -> bool:
+def _write_durably(source: Path | ReceivedFile, final_path: Path, storage_dir: Path) -> bool:
     """Write `source` to `final_path` through an fsynced temporary file.
 
     A received file already is that temporary file, on the same file
-    system, and `flushing` is its fsync: once that is done the file is
-    linked into place without a copy. Any other source is copied first.
+    system: it is fsynced and linked into place without a copy. Any other source is copied first.
     Returns True when another writer placed the same instance first, in
     which case its copy is kept.
     """
     created_dirs = _make_dirs(final_path.parent, storage_dir)
     if isinstance(source, ReceivedFile):
-        flushing.result()
+        _fsync_file(source.path)
         # The link leaves the received file to its receiver, which removes or closes it after the handler returns.
         if source.unnamed:
             duplicate = _link_unnamed(source.path, final_path)
@@ -410,20 +403,6 @@ def _is_incoming(source: Path, storage_dir: Path) -> bool:
     return os.path.commonpath([os.path.abspath(source), incoming]) == incoming
 
 
-def _fsync_in_background(path: Path) -> Future:
-    """Start the fsync of `path` on a thread of this process's file pool."""
-    return in_background(_fsync_file, path)
-
-
-def in_background(function, *args) -> Future:
-    """Run `function(*args)` on a thread of this process's pool for file system calls that may block."""
-    global _file_pool
-    with _file_pool_lock:
-        if _file_pool is None:
-            _file_pool = futures.ThreadPoolExecutor(FILE_POOL_THREADS, thread_name_prefix="files")
-    return _file_pool.submit(function, *args)
-
-
 def _fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -440,8 +419,19 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _value(dataset, keyword: str):
+    """Return the value of the element `keyword`, or None; looked up by tag, which costs less than by keyword."""
+    element = dataset.get(_tag_of(keyword))
+    return element.value if element is not None else None
+
+
+@functools.cache
+def _tag_of(keyword: str) -> BaseTag:
+    return Tag(keyword)
+
+
 def _text(dataset, keyword: str) -> str | None:
-    value = dataset.get(keyword)
+    value = _value(dataset, keyword)
     if value is None:
         return None
     # NUL bytes are padding in DICOM, and PostgreSQL cannot store them in text.
@@ -452,7 +442,7 @@ def _text(dataset, keyword: str) -> str | None:
 def _integer(dataset, keyword: str) -> int | None:
     """Return an IS element's value, or None when it is empty or not a single integer."""
     try:
-        value = dataset.get(keyword)
+        value = _value(dataset, keyword)
         return int(value) if value not in (None, "") else None
     except (TypeError, ValueError):
         return None

@@ -2,7 +2,8 @@
 
 Counters are updated with SQL increments (`SET x = x + :n`), never read and
 written back, because several worker processes update the same identity.
-Each method runs one short transaction on the process's single engine.
+Each method runs one short transaction on the process's single engine;
+instances stored at the same moment share one (dicomd.group_commit).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from datetime import datetime
 from sqlalchemy import Connection, Engine, Executable, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
+from dicomd.group_commit import GroupCommit
 from dicomd.policy import IdentityPolicy, RejectReason, Rejection, Transport
 from dicomd.retrieve import RemoteAE
 from dicomd.storage import StoredInstance
@@ -83,6 +85,7 @@ class UsageRecorder:
 
     def __init__(self, engine: Engine):
         self.engine = engine
+        self._index_writes = GroupCommit(engine)
 
     def load_identity(self, calling_ae_title: str) -> IdentityPolicy | None:
         """Read the identity registered for `calling_ae_title` now, so that portal changes apply at once.
@@ -225,9 +228,10 @@ class UsageRecorder:
         """
         now = utcnow()
         statements = index_statements(self.engine.dialect.name)
+
         # Core statements built once and run on one connection, because this
         # runs for every instance and the ORM's unit of work costs more than the SQL.
-        with self.engine.begin() as connection:
+        def index(connection: Connection) -> None:
             study_id = self._upsert_study(connection, statements, identity_id, stored, now)
             self._insert_instance(connection, statements, association_id, identity_id, study_id, stored, now)
             connection.execute(
@@ -237,6 +241,9 @@ class UsageRecorder:
                 statements.count_on_identity, {"row_id": identity_id, "added_bytes": stored.size_bytes, "now": now}
             )
             add_usage(connection, identity_id, now.date(), instances_received=1, bytes_received=stored.size_bytes)
+
+        # Instances that other associations of this worker store at the same moment share the transaction.
+        self._index_writes.write(index)
 
     def record_end(self, association_id: int, *, operations: Mapping[str, int], aborted: bool) -> None:
         """Close an accepted association's row with its end time and operation counts."""

@@ -70,7 +70,8 @@ def incoming_files(storage_dir: Path) -> list[Path]:
     dicomd writes a data set to an unnamed file (O_TMPFILE) where the system
     allows, which only shows as an open descriptor of the worker
     (/proc/PID/fd/N pointing to "<incoming>/#<inode> (deleted)"), and to a named
-    file otherwise. Empty files, created ahead for the next data set, do not count.
+    file otherwise. Files still empty do not count: the first bytes of a data set
+    wait in the file's buffer.
     """
     incoming = (storage_dir / ".incoming").resolve()
     found = [path for path in incoming.rglob("*") if path.is_file() and _has_data(path)]

@@ -1,0 +1,121 @@
+"""Index writes of concurrent C-STORE requests committed together, one transaction for several instances.
+
+dicomd sends a C-STORE response only after the instance's index rows are committed, and each
+commit waits for the database's fsync. When several associations store at
+once, their handlers would each run a transaction and wait for each other's
+write lock; SQLite's busy handler then sleeps 1 ms or more per conflict.
+Here the first handler to arrive writes every request that is waiting, in
+one transaction, while the others wait for it; the next one to find nobody
+writing takes the requests that arrived meanwhile. A handler alone writes
+its own request at once, without a hand-over to another thread.
+
+For SQLite, the writers of different worker processes also take turns on a
+lock file next to the database, on which the kernel wakes the next writer
+as soon as the lock is free.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, Engine
+
+log = logging.getLogger(__name__)
+
+# The maximum number of requests in one transaction, so that none waits behind a long batch.
+MAX_BATCH = 32
+
+
+@dataclass(eq=False)
+class _Write:
+    """One request's statements, and what became of them."""
+
+    statements: Callable[[Connection], None]
+    done: bool = False
+    error: BaseException | None = None
+
+
+class GroupCommit:
+    """A writer that runs the writes of concurrent threads in shared transactions on `engine`."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._condition = threading.Condition()
+        self._pending: list[_Write] = []
+        self._writing = False
+        self._lock_path = _lock_path(engine)
+        self._lock_file: int | None = None
+
+    def write(self, statements: Callable[[Connection], None]) -> None:
+        """Run `statements(connection)` in a transaction and return once it is committed.
+
+        Raises what the statements or the commit raised. When a transaction
+        shared with other requests fails, each of its requests is run again
+        alone, so that one failing request does not fail the others.
+        """
+        write = _Write(statements)
+        with self._condition:
+            self._pending.append(write)
+            while not write.done:
+                if self._writing:
+                    self._condition.wait()
+                    continue
+                self._writing = True
+                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+                self._condition.release()
+                try:
+                    self._commit(batch)
+                finally:
+                    self._condition.acquire()
+                    self._writing = False
+                    self._condition.notify_all()
+        if write.error is not None:
+            raise write.error
+
+    def _commit(self, batch: list[_Write]) -> None:
+        try:
+            with self._database_turn(), self.engine.begin() as connection:
+                for write in batch:
+                    write.statements(connection)
+        except Exception as error:
+            if len(batch) == 1:
+                batch[0].error = error
+                batch[0].done = True
+                return
+            log.warning("a transaction of %d index writes failed (%s); writing each alone", len(batch), error)
+            for write in batch:
+                self._commit([write])
+            return
+
+        for write in batch:
+            write.done = True
+
+    @contextmanager
+    def _database_turn(self):
+        """Hold the lock file that this process's writers share with other processes, if the database has one."""
+        if self._lock_path is None:
+            yield
+            return
+        if self._lock_file is None:
+            self._lock_file = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+
+
+def _lock_path(engine: Engine) -> str | None:
+    """Return the lock file for a SQLite database file; other databases wait for row locks without polling."""
+    if engine.dialect.name != "sqlite":
+        return None
+    database = engine.url.database
+    if not database or database == ":memory:":
+        return None
+    return f"{database}-index-lock"
