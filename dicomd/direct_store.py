@@ -233,12 +233,18 @@ class ReceivingInstance:
         self.command = command
         self.file = file
         self.received = ReceivedFile(Path(file.name), unnamed=file.unnamed)
+        self.data_set_bytes = 0
         # A copy of a small file, so that the handler decodes the header from memory.
         self.contents: bytearray | None = bytearray()
         self.write(b"\0" * 128 + b"DICM")
         self.write(file_meta_information(
             command.sop_class_uid, command.sop_instance_uid, str(context.transfer_syntax[0]),
         ))
+
+    def write_fragment(self, fragment: memoryview) -> None:
+        """Append a fragment of the data set."""
+        self.data_set_bytes += len(fragment)
+        self.write(fragment)
 
     def write(self, fragment: memoryview | bytes) -> None:
         self.file.write(fragment)

@@ -84,6 +84,7 @@ LOCAL_LIMIT_REJECTION = (0x02, 0x03, 0x02)
 REASON_OPERATION_NOT_PERMITTED = "operation_not_permitted"
 REASON_INVALID_DATASET = "invalid_dataset"
 REASON_STORAGE_FAILED = "storage_failed"
+REASON_TRANSFER_INTERRUPTED = "transfer_interrupted"
 REASON_MOVE_DESTINATION_UNKNOWN = "move_destination_unknown"
 REASON_MOVE_DESTINATION_FAILED = "move_destination_failed"
 REASON_INVALID_IDENTIFIER = "invalid_identifier"
@@ -255,9 +256,15 @@ class ListenerHandlers:
         if isinstance(assoc.dul, WakingDUL) and _config.LOG_HANDLER_LEVEL == "none":
             # With pynetdicom's log handlers on, requests take its path so that they are logged.
             assoc.dul.receive_stores_directly(
-                lambda context, command, path: self.store_received(
-                    state, command.sop_class_uid, command.sop_instance_uid, path,
-                )
+                lambda context, command, received: self.store_received(
+                    state, command.sop_class_uid, command.sop_instance_uid, received,
+                ),
+                on_interrupted=lambda sop_instance_uid, received_bytes, cause: self._record_failure(
+                    state, REASON_TRANSFER_INTERRUPTED,
+                    f"{REASON_TRANSFER_INTERRUPTED}: SOP instance {sop_instance_uid} after {received_bytes} bytes "
+                    f"of its data set: {cause}",
+                ),
+                description=str(state),
             )
         log.info("%s to %s accepted (%s)", state, called, _describe_transport(peer))
 

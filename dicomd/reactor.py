@@ -24,6 +24,12 @@ primitives are left to send (`WakingDUL.wait_for_send_queue`).
 Once dicomd has accepted an association, the DUL also receives C-STORE
 requests itself and runs the store handler in its own thread
 (`dicomd.direct_store` says how and when).
+
+NOTE: these classes use pynetdicom 3.0.4's internals (the DUL's queues,
+_read_pdu_data, _decode_pdu and state machine, Association._run_reactor,
+the DIMSE provider's message in progress), which is why pyproject.toml
+pins pynetdicom below 3.1. A new version needs this module checked
+against its source.
 """
 
 from __future__ import annotations
@@ -72,6 +78,8 @@ ABORT_SOURCE_PROVIDER = 0x02
 
 # The PDU types of PS3.8 9.3.1: A-ASSOCIATE-RQ (0x01) to A-ABORT (0x07).
 KNOWN_PDU_TYPES = range(0x01, 0x08)
+# The descriptions, in the log and the association's detail, of PDUs that interrupt a data set.
+INTERRUPTING_PDUS = {0x05: "an A-RELEASE-RQ arrived", 0x07: "an A-ABORT arrived"}
 _PDU_HEADER = struct.Struct(">BBL")
 
 
@@ -90,6 +98,9 @@ class WakingDUL(DULServiceProvider):
         self._read_turn = False
         # Set once the association is accepted: see receive_stores_directly.
         self._store_handler: StoreHandler | None = None
+        self._on_interrupted = None
+        # The association's name in log lines, set when it is accepted; until then, the peer address.
+        self._description: str | None = None
         self._receiving: ReceivingInstance | None = None
         # Whether the store handler runs in this thread now.
         self._storing = False
@@ -126,13 +137,18 @@ class WakingDUL(DULServiceProvider):
                 # The timeout only bounds a missed notification.
                 self._sent.wait(IDLE_WAIT_SECONDS)
 
-    def receive_stores_directly(self, handler: StoreHandler) -> None:
+    def receive_stores_directly(self, handler: StoreHandler, *, on_interrupted, description: str) -> None:
         """Receive C-STORE requests in this thread from now on and respond to each with `handler`'s status.
 
         `handler` gets the presentation context, the request's command and
         the received Part 10 file, which is closed or removed after it returns.
+        `on_interrupted(sop_instance_uid, received_bytes, cause)` is called when
+        the association ends while a data set is arriving, after its file is
+        removed. `description` names the association in log lines.
         """
         self._store_handler = handler
+        self._on_interrupted = on_interrupted
+        self._description = description
 
     def idle_timer_expired(self) -> bool:
         """Return whether the network timeout has passed without activity. A store handler at work is activity.
@@ -147,11 +163,7 @@ class WakingDUL(DULServiceProvider):
         try:
             self._serve()
         finally:
-            if self._receiving is not None:
-                log.info("removed the partial data set of SOP instance %s from %s",
-                         self._receiving.command.sop_instance_uid, self.assoc.requestor.address)
-                self._receiving.discard()
-                self._receiving = None
+            self._drop_receiving("the association ended")
             self._wake_reader.close()
             self._wake_writer.close()
             self._stopping = True
@@ -214,40 +226,39 @@ class WakingDUL(DULServiceProvider):
         try:
             header = self.socket.recv(6)
             if len(header) < 6:
+                self._drop_receiving("the connection closed")
                 # Evt17: the connection closed.
                 self.event_queue.put("Evt17")
                 return
             pdu_type, _, pdu_length = _PDU_HEADER.unpack(header)
             if pdu_type not in KNOWN_PDU_TYPES:
-                log.error("unknown PDU type 0x%02X received from %s", pdu_type, self.assoc.requestor.address)
+                log.error("%s: unknown PDU type 0x%02X received", self._label(), pdu_type)
+                self._drop_receiving(f"an unknown PDU type 0x{pdu_type:02X} arrived")
                 # Evt19: an unrecognised or invalid PDU.
                 self.event_queue.put("Evt19")
                 return
             body = self.socket.recv(pdu_length)
         except (OSError, TimeoutError) as error:
-            log.error("the connection from %s closed before the whole PDU arrived: %s",
-                      self.assoc.requestor.address, error)
+            log.error("%s: the connection closed before the whole PDU arrived: %s", self._label(), error)
+            self._drop_receiving("the connection closed")
             self.event_queue.put("Evt17")
             return
         if len(body) != pdu_length:
-            log.error("the PDU from %s is shorter than it declares (%d of %d bytes)",
-                      self.assoc.requestor.address, len(body), pdu_length)
+            log.error("%s: the connection closed after %d of the %d bytes its last PDU declares",
+                      self._label(), len(body), pdu_length)
+            self._drop_receiving("the connection closed")
             self.event_queue.put("Evt17")
             return
 
         if pdu_type == P_DATA_TF and self._receive_directly(memoryview(body)):
             return
-        if self._receiving is not None:
-            # Only a release or an abort can interrupt a data set, and it never completes.
-            log.info("removed the partial data set of SOP instance %s from %s",
-                     self._receiving.command.sop_instance_uid, self.assoc.requestor.address)
-            self._receiving.discard()
-            self._receiving = None
+        # Only a release or an abort can interrupt a data set, and it never completes.
+        self._drop_receiving(INTERRUPTING_PDUS.get(pdu_type, f"a PDU of type 0x{pdu_type:02X} arrived"))
 
         try:
             pdu, event = self._decode_pdu(bytearray(header + body))
         except Exception:
-            log.exception("a PDU from %s could not be decoded", self.assoc.requestor.address)
+            log.exception("%s: a PDU could not be decoded", self._label())
             self.event_queue.put("Evt19")
             return
         self.event_queue.put(event)
@@ -274,7 +285,7 @@ class WakingDUL(DULServiceProvider):
             if control & CONTROL_COMMAND or context_id != self._receiving.context.context_id:
                 self._abort_receiving("a command or another presentation context within a C-STORE data set")
                 return True
-            self._receiving.write(fragment)
+            self._receiving.write_fragment(fragment)
             if control & CONTROL_LAST:
                 self._complete_store()
         return True
@@ -297,7 +308,7 @@ class WakingDUL(DULServiceProvider):
         try:
             self._receiving = ReceivingInstance(context, command, new_receiving_file())
         except OSError:
-            log.exception("creating the file for an incoming data set from %s failed", self.assoc.requestor.address)
+            log.exception("%s: creating the file for an incoming data set failed", self._label())
             return None
         return values[1:]
 
@@ -326,8 +337,7 @@ class WakingDUL(DULServiceProvider):
         try:
             status = int(self._store_handler(receiving.context, command, received))
         except Exception:
-            log.exception("the store handler failed on SOP instance %s from %s",
-                          command.sop_instance_uid, self.assoc.requestor.address)
+            log.exception("%s: the store handler failed on SOP instance %s", self._label(), command.sop_instance_uid)
             status = STATUS_HANDLER_ERROR
         finally:
             # The handler linked what it keeps.
@@ -339,6 +349,24 @@ class WakingDUL(DULServiceProvider):
         if self.state_machine.current_state == "Sta6" and not self.assoc.is_aborted:
             self.socket.send(store_response_pdu(receiving.context.context_id, command, status))
 
+    def _drop_receiving(self, cause: str) -> None:
+        """Remove the file of a data set that will never complete, if one is arriving, and report it."""
+        receiving, self._receiving = self._receiving, None
+        if receiving is None:
+            return
+        receiving.discard()
+        sop_instance_uid = receiving.command.sop_instance_uid
+        log.info("%s: removed the partial data set of SOP instance %s (%d bytes received; %s)",
+                 self._label(), sop_instance_uid, receiving.data_set_bytes, cause)
+        try:
+            self._on_interrupted(sop_instance_uid, receiving.data_set_bytes, cause)
+        except Exception:
+            log.exception("%s: recording the interrupted data set of SOP instance %s failed",
+                          self._label(), sop_instance_uid)
+
+    def _label(self) -> str:
+        return self._description or f"the association from {self.assoc.requestor.address}"
+
     def _pass_to_dimse(self, values: list) -> None:
         """Give pynetdicom's DIMSE provider the values that follow a direct C-STORE in one PDU."""
         primitive = P_DATA()
@@ -348,10 +376,8 @@ class WakingDUL(DULServiceProvider):
         self.assoc.dimse.receive_primitive(primitive)
 
     def _abort_receiving(self, problem: str) -> None:
-        log.error("the C-STORE data set from %s was interrupted by %s; aborting the association",
-                  self.assoc.requestor.address, problem)
-        self._receiving.discard()
-        self._receiving = None
+        log.error("%s: the C-STORE data set was interrupted by %s; aborting the association", self._label(), problem)
+        self._drop_receiving(problem)
         # Evt19 in Sta6 sends an A-ABORT and ends the association, as pynetdicom does for an invalid PDU.
         self.event_queue.put("Evt19")
 

@@ -8,6 +8,7 @@ import socket
 import struct
 from pathlib import Path
 
+import pytest
 from pydicom import Dataset, dcmread
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 from pynetdicom import AE, evt
@@ -16,6 +17,8 @@ from pynetdicom import AE, evt
 UID_PREFIX = "1.2.826.0.1.3680043.10.1471."
 # A-ABORT PDU (PS3.8 9.3.8): type 7, length 4, source 0 (service-user), reason 0.
 A_ABORT_PDU = bytes([0x07, 0x00]) + struct.pack(">L", 4) + bytes(4)
+# The default time limit of wait_for, in seconds.
+WAIT_SECONDS = 30
 
 
 def make_instance(size_bytes: int, study_uid: str | None = None) -> Dataset:
@@ -62,6 +65,17 @@ def stored_identically(storage_dir: Path, dataset: Dataset) -> bool:
 def final_files(storage_dir: Path) -> set[Path]:
     """Return every file at a final path: `.dcm` files outside the incoming directory."""
     return {path for path in storage_dir.rglob("*.dcm") if ".incoming" not in path.parts}
+
+
+def wait_for(condition, message: str, seconds: float = WAIT_SECONDS):
+    """Return the first true value of `condition()`, polled for up to `seconds`; fail the test after that."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    pytest.fail(f"timed out after {seconds} seconds waiting until {message}")
 
 
 def incoming_files(storage_dir: Path) -> list[Path]:

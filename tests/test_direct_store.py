@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import socket
 import struct
-import time
 from io import BytesIO
 
 import pytest
@@ -37,6 +36,7 @@ from tests.reliability_tools import (
     read_pdu,
     sender,
     stored_identically,
+    wait_for,
 )
 
 WAIT_SECONDS = 30
@@ -213,8 +213,27 @@ def test_interrupted_data_set_aborts(dicomd, session, settings, storage_associat
     assert read_pdu(storage_association)[:1] == b"\x07"
     [row] = wait_for_end(session)
     assert row.outcome == "aborted"
+    assert row.reason == "transfer_interrupted"
+    assert row.detail.startswith(f"transfer_interrupted: SOP instance {dataset.SOPInstanceUID} after 1000 bytes")
     assert final_files(settings.storage_dir) == set()
     assert incoming_files(settings.storage_dir) == []
+
+
+def test_connection_closed_during_data_set(dicomd, session, settings, storage_association):
+    dataset = make_instance(64 * 1024)
+    [command, (_, data)] = store_request_values(dataset, message_id=1)
+    storage_association.sendall(pdu_of([command, (0x00, data[:5000])]))
+    # Half of the next PDU, then the connection closes.
+    storage_association.sendall(pdu_of([(DATA_LAST, data[5000:])])[:100])
+    storage_association.close()
+
+    [row] = wait_for_end(session)
+    assert row.outcome == "aborted"
+    assert row.reason == "transfer_interrupted"
+    assert row.detail == (f"transfer_interrupted: SOP instance {dataset.SOPInstanceUID} after 5000 bytes "
+                          "of its data set: the connection closed")
+    assert "removed the partial data set" in dicomd.log()
+    assert final_files(settings.storage_dir) == set()
 
 
 def test_association_released_during_data_set(dicomd, session, settings, storage_association):
@@ -226,7 +245,9 @@ def test_association_released_during_data_set(dicomd, session, settings, storage
     storage_association.sendall(struct.pack(">BBLL", 0x05, 0, 4, 0))
     read_pdu(storage_association)
 
-    wait_for_end(session)
+    [row] = wait_for_end(session)
+    assert row.reason == "transfer_interrupted"
+    assert row.detail.endswith("an A-RELEASE-RQ arrived")
     assert final_files(settings.storage_dir) == set()
     assert incoming_files(settings.storage_dir) == []
 
@@ -267,12 +288,3 @@ def test_pynetdicom_receives_when_its_log_is_on(app, environ, tmp_path, session,
     # pynetdicom's own INFO line for each request it serves.
     assert "Received Store Request" in server.log()
 
-
-def wait_for(condition, message: str):
-    deadline = time.monotonic() + WAIT_SECONDS
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    pytest.fail(f"timed out after {WAIT_SECONDS} seconds waiting until {message}")

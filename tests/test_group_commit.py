@@ -53,80 +53,79 @@ def test_single_write_committed_at_once(engine):
     assert len(engine.commits) == 1
 
 
+class Writers:
+    """Threads that write through one GroupCommit, the first of which holds its transaction open until released."""
+
+    def __init__(self, group: GroupCommit):
+        self.group = group
+        self.outcomes: dict[str, str] = {}
+        self.threads: list[threading.Thread] = []
+        self._first_running = threading.Event()
+        self._release_first = threading.Event()
+
+    def start_first(self, name: str) -> None:
+        def held(connection):
+            self._first_running.set()
+            assert self._release_first.wait(WAIT_SECONDS)
+            connection.execute(insert(rows).values(name=name))
+
+        self._start(name, held)
+        assert self._first_running.wait(WAIT_SECONDS)
+
+    def start_waiting(self, name: str, statements) -> None:
+        """Start a writer and return once it waits for the first transaction."""
+        self._start(name, statements)
+        wait_until_pending(self.group, len(self.threads) - 1)
+
+    def finish(self) -> dict[str, str]:
+        self._release_first.set()
+        for thread in self.threads:
+            thread.join(WAIT_SECONDS)
+        return self.outcomes
+
+    def _start(self, name: str, statements) -> None:
+        def write():
+            try:
+                self.group.write(statements)
+                self.outcomes[name] = "committed"
+            except Exception as error:
+                self.outcomes[name] = type(error).__name__
+
+        self.threads.append(threading.Thread(target=write))
+        self.threads[-1].start()
+
+
 def test_waiting_writes_share_one_transaction(engine):
-    group = GroupCommit(engine)
-    first_running, release_first = threading.Event(), threading.Event()
+    writers = Writers(GroupCommit(engine))
+    writers.start_first("first")
+    names = [f"waiting {index}" for index in range(5)]
+    for name in names:
+        writers.start_waiting(name, insert_row(name))
 
-    def slow_first(connection):
-        first_running.set()
-        assert release_first.wait(WAIT_SECONDS)
-        connection.execute(insert(rows).values(name="first"))
+    outcomes = writers.finish()
 
-    errors = []
-
-    def write(statements):
-        try:
-            group.write(statements)
-        except Exception as error:
-            errors.append(error)
-
-    threads = [threading.Thread(target=write, args=(slow_first,))]
-    threads[0].start()
-    assert first_running.wait(WAIT_SECONDS)
-    for index in range(5):
-        threads.append(threading.Thread(target=write, args=(insert_row(f"waiting {index}"),)))
-        threads[-1].start()
-    # The five wait for the first transaction, and each is queued before it ends.
-    wait_until_pending(group, 5)
-    release_first.set()
-    for thread in threads:
-        thread.join(WAIT_SECONDS)
-
-    assert errors == []
-    assert stored_names(engine) == {"first"} | {f"waiting {index}" for index in range(5)}
+    assert outcomes == {name: "committed" for name in ["first", *names]}
+    assert stored_names(engine) == {"first", *names}
     # One commit for the first write, one for the five that waited.
     assert len(engine.commits) == 2
 
 
 def test_failing_write_fails_alone(engine):
-    group = GroupCommit(engine)
-    first_running, release_first = threading.Event(), threading.Event()
-
-    def slow_first(connection):
-        first_running.set()
-        assert release_first.wait(WAIT_SECONDS)
-
     def failing(connection):
         connection.execute(insert(rows).values(name=None))
 
-    outcomes = {}
+    writers = Writers(GroupCommit(engine))
+    writers.start_first("first")
+    # Started one after another, so the shared transaction runs them in this order.
+    writers.start_waiting("before", insert_row("before"))
+    writers.start_waiting("failing", failing)
+    writers.start_waiting("after", insert_row("after"))
 
-    def write(label, statements):
-        try:
-            group.write(statements)
-            outcomes[label] = "committed"
-        except Exception as error:
-            outcomes[label] = type(error).__name__
-
-    first = threading.Thread(target=write, args=("first", slow_first))
-    first.start()
-    assert first_running.wait(WAIT_SECONDS)
-    others = [
-        threading.Thread(target=write, args=("before", insert_row("before"))),
-        threading.Thread(target=write, args=("failing", failing)),
-        threading.Thread(target=write, args=("after", insert_row("after"))),
-    ]
-    # Started one after another, so the batch runs them in this order.
-    for count, thread in enumerate(others, start=1):
-        thread.start()
-        wait_until_pending(group, count)
-    release_first.set()
-    for thread in [first, *others]:
-        thread.join(WAIT_SECONDS)
+    outcomes = writers.finish()
 
     assert outcomes == {"first": "committed", "before": "committed", "failing": "IntegrityError",
                         "after": "committed"}
-    assert stored_names(engine) == {"before", "after"}
+    assert stored_names(engine) == {"first", "before", "after"}
 
 
 def test_sqlite_writers_share_lock_file(engine, tmp_path):

@@ -43,6 +43,7 @@ from tests.reliability_tools import (
     read_pdu,
     sender,
     stored_identically,
+    wait_for,
     worker_pids,
 )
 
@@ -64,16 +65,6 @@ def environ(environ):
         "DICOMD_MAX_ASSOCIATIONS": "3",
         "DICOMD_MAX_ASSOCIATIONS_PER_IDENTITY": "2",
     }
-
-
-def wait_for(condition, message: str, seconds: float = WAIT_SECONDS):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    pytest.fail(f"timed out after {seconds} seconds waiting until {message}")
 
 
 def store(port: int, calling: str, datasets) -> list[int | None]:

@@ -81,6 +81,15 @@ REASONS: dict[str, Explanation] = {
         "got status 0xA700 (out of resources) and should retry.",
         "Free space on or repair the storage volume; dicomd resumes by itself.",
     ),
+    "transfer_interrupted": Explanation(
+        "Transfer interrupted",
+        "The association ended while a C-STORE data set was still arriving: the device aborted it, the "
+        "connection closed or reset, or the device released the association in the middle of the data set. "
+        "The partial data set was removed, the device got no status for it, and the detail names the SOP "
+        "instance and how many bytes arrived.",
+        "The device should send the instance again. If this repeats, check the network between the device "
+        "and the PACS and the device's own timeouts.",
+    ),
     "move_destination_unknown": Explanation(
         "Unknown C-MOVE destination",
         "The device asked to move instances to an AE title that is not an enabled identity with a "
