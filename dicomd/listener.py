@@ -18,7 +18,8 @@ from multiprocessing.synchronize import Event as ProcessEvent
 
 from pydicom import uid
 import pydicom.config
-from pynetdicom import AE, AllStoragePresentationContexts, _config
+from pynetdicom import AE, AllStoragePresentationContexts, _config, register_uid
+from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -28,6 +29,7 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
     Verification,
+    uid_to_service_class,
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -65,6 +67,13 @@ TRANSFER_SYNTAXES = [
     uid.JPEG2000,
     uid.RLELossless,
 ]
+
+# Storage SOP classes that DICOM has retired (PS3.6 A.1) and pynetdicom (3.0)
+# does not list, but that older ultrasound systems, echo carts among them, still send.
+RETIRED_STORAGE_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.6": "UltrasoundImageStorageRetired",
+    "1.2.840.10008.5.1.4.1.1.3": "UltrasoundMultiFrameImageStorageRetired",
+}
 
 # The maximum PDU length that this AE receives (pynetdicom's default is 16,382 bytes).
 MAXIMUM_PDU_BYTES = 1024 * 1024
@@ -262,10 +271,12 @@ def build_ae(settings: Settings) -> AE:
     """Return an AE for Verification, every storage SOP class in pynetdicom's list, query/retrieve and storage commitment."""
     ae = AE(ae_title=settings.dicom_ae_title)
     ae.add_supported_context(Verification)
+    register_retired_storage_classes()
     # Both roles are accepted for storage, because a C-GET requestor proposes
     # the SCP role for the SOP classes it retrieves.
-    for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
+    storage_classes = [context.abstract_syntax for context in AllStoragePresentationContexts]
+    for sop_class_uid in [*storage_classes, *RETIRED_STORAGE_CLASSES]:
+        ae.add_supported_context(sop_class_uid, TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
     for model in QUERY_RETRIEVE_MODELS:
         ae.add_supported_context(model)
     ae.add_supported_context(StorageCommitmentPushModel)
@@ -283,6 +294,13 @@ def build_ae(settings: Settings) -> AE:
     ae.network_timeout = settings.dicom_network_timeout
     ae.maximum_associations = settings.dicomd_max_associations + PYNETDICOM_LIMIT_MARGIN
     return ae
+
+
+def register_retired_storage_classes() -> None:
+    """Make pynetdicom serve C-STORE for RETIRED_STORAGE_CLASSES, once per process."""
+    for sop_class_uid, keyword in RETIRED_STORAGE_CLASSES.items():
+        if uid_to_service_class(sop_class_uid) is not StorageServiceClass:
+            register_uid(sop_class_uid, keyword, StorageServiceClass)
 
 
 def start_server(ae: AE, listener: ListenerSocket, recorder: UsageRecorder, settings: Settings,

@@ -560,7 +560,7 @@ class WakingRequestHandler(RequestHandler):
         acceptor.implementation_class_uid = self.ae.implementation_class_uid
         acceptor.implementation_version_name = self.ae.implementation_version_name
         # pynetdicom deep-copies the server's contexts for every association,
-        # about 14 ms for dicomd's 178. Negotiation only reads them and builds
+        # about 14 ms for dicomd's 180. Negotiation only reads them and builds
         # new contexts for its result, so a new list of the same ones is enough.
         acceptor.supported_contexts = list(self.server.contexts)
         assoc.requestor.address_info = self.remote

@@ -172,6 +172,26 @@ def test_store_sample_files(dicomd, session, settings):
 
 
 @pytest.mark.dcmtk
+def test_store_retired_ultrasound_class(dicomd, session, settings):
+    add_identity(session, "ECHOCART1")
+    # Ultrasound Image Storage (Retired), as older echo carts send it.
+    source = Path(get_testdata_file("color-pl.dcm"))
+    assert dcmread(source, stop_before_pixels=True).SOPClassUID == "1.2.840.10008.5.1.4.1.1.6"
+
+    # -R: propose the SOP classes of the files given, which storescu does not propose by default.
+    result = storescu(dicomd.port, "ECHOCART1", [source], "-xe", "-R")
+
+    assert result.returncode == 0, result.stderr
+    original = dcmread(source)
+    stored = dcmread(settings.storage_dir / original.StudyInstanceUID / original.SeriesInstanceUID
+                     / f"{original.SOPInstanceUID}.dcm")
+    assert stored.SOPClassUID == original.SOPClassUID
+    assert stored.PixelData == original.PixelData
+    [row] = wait_for_end(session)
+    assert row.operations == {"store": 1}
+
+
+@pytest.mark.dcmtk
 def test_store_duplicate_kept(dicomd, session, settings):
     identity = add_identity(session, "ECHO1")
     source = Path(get_testdata_file("CT_small.dcm"))
