@@ -8,12 +8,12 @@ on one association that costs more CPU per instance than dicomd's own
 work, and each hand-over between the two threads adds a wake-up.
 
 Here the DUL thread reads a C-STORE request's presentation data values
-itself: the command set (a few elements in implicit VR little endian) is
-parsed in place, the data set fragments are written to the temporary file
-as they arrive, and when the last one is in, the store handler runs in the
-same thread and its status goes back as one P-DATA-TF PDU. The temporary
-file has the layout pynetdicom writes (preamble, File Meta Information,
-data set), so the handler is the same for both paths.
+itself. It parses the command set (a few elements in implicit VR little
+endian) in place and writes the data set fragments to the temporary file as
+they arrive. When the last one is in, the store handler runs in the same
+thread, and its status goes back as one P-DATA-TF PDU. The temporary file
+has the layout pynetdicom writes (preamble, File Meta Information, data
+set), so the handler is the same for both paths.
 
 Everything else stays with pynetdicom: association negotiation, release,
 abort, and every other DIMSE message. A request takes this path only
@@ -94,7 +94,7 @@ class StoreCommand:
 
 # The store handler: the presentation context, the command and the received
 # Part 10 file. It returns the status of the C-STORE response.
-StoreHandler = Callable[[object, StoreCommand, Path], int]
+StoreHandler = Callable[[object, StoreCommand, ReceivedFile], int]
 
 
 def split_pdvs(body: memoryview) -> list[tuple[int, int, memoryview]]:

@@ -5,8 +5,8 @@ commit waits for the database's fsync. When several associations store at
 once, their handlers would each run a transaction and wait for each other's
 write lock; SQLite's busy handler then sleeps 1 ms or more per conflict.
 Here the first handler to arrive writes every request that is waiting, in
-one transaction, while the others wait for it; the next one to find nobody
-writing takes the requests that arrived meanwhile. A handler alone writes
+one transaction, while the others wait for it. The next one that finds no
+transaction running takes the requests that arrived meanwhile. A handler alone writes
 its own request at once, without a hand-over to another thread.
 
 For SQLite, the writers of different worker processes also take turns on a
@@ -72,6 +72,12 @@ class GroupCommit:
                 try:
                     self._commit(batch)
                 finally:
+                    # Only an exception that is not an Exception leaves a write
+                    # unfinished, and its thread must not wait for it forever.
+                    for unfinished in batch:
+                        if not unfinished.done:
+                            unfinished.error = RuntimeError("the index transaction was interrupted")
+                            unfinished.done = True
                     self._condition.acquire()
                     self._writing = False
                     self._condition.notify_all()

@@ -374,6 +374,8 @@ class WakingDUL(DULServiceProvider):
             [context_id, bytes([control]) + bytes(fragment)] for context_id, control, fragment in values
         ]
         self.assoc.dimse.receive_primitive(primitive)
+        # A message it completed waits for the association thread, as after pynetdicom's own DT-2 action.
+        self.assoc.wake()
 
     def _abort_receiving(self, problem: str) -> None:
         log.error("%s: the C-STORE data set was interrupted by %s; aborting the association", self._label(), problem)
@@ -573,4 +575,3 @@ class WakingRequestHandler(RequestHandler):
                 for handler, arguments in handlers:
                     assoc.bind(event, handler, arguments)
         return assoc
-

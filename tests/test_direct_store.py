@@ -166,7 +166,7 @@ def test_malformed_items_rejected(body):
         split_pdvs(memoryview(body))
 
 
-def test_command_data_set_and_next_request_in_one_pdu(dicomd, session, settings, storage_association):
+def test_two_requests_in_one_pdu(dicomd, session, settings, storage_association):
     first, second = make_instance(4096), make_instance(8192)
     values = store_request_values(first, message_id=1) + store_request_values(second, message_id=2)
 
@@ -198,7 +198,7 @@ def final_path_of(dataset) -> str:
     return f"{dataset.StudyInstanceUID}/{dataset.SeriesInstanceUID}/{dataset.SOPInstanceUID}.dcm"
 
 
-@pytest.mark.parametrize("interruption", ["command", "other context"])
+@pytest.mark.parametrize("interruption", ["command", "other context", "malformed item"])
 def test_interrupted_data_set_aborts(dicomd, session, settings, storage_association, interruption):
     dataset = make_instance(64 * 1024)
     [command, (_, data)] = store_request_values(dataset, message_id=1)
@@ -206,8 +206,12 @@ def test_interrupted_data_set_aborts(dicomd, session, settings, storage_associat
 
     if interruption == "command":
         storage_association.sendall(pdu_of([command]))
-    else:
+    elif interruption == "other context":
         storage_association.sendall(pdu_of([(DATA_LAST, data[1000:])], context_id=3))
+    else:
+        # The item declares 100 bytes more than the PDU carries.
+        item = struct.pack(">LBB", len(data) - 1000 + 102, CONTEXT_ID, DATA_LAST) + data[1000:]
+        storage_association.sendall(struct.pack(">BBL", 0x04, 0, len(item)) + item)
 
     # A-ABORT (type 7), then the connection closes.
     assert read_pdu(storage_association)[:1] == b"\x07"
@@ -255,7 +259,7 @@ def test_association_released_during_data_set(dicomd, session, settings, storage
 def test_data_set_goes_to_unnamed_file(dicomd, session, settings, storage_association):
     dataset = make_instance(64 * 1024)
     [command, (_, data)] = store_request_values(dataset, message_id=1)
-    # More than the 8 KiB that the file's buffer holds before it writes.
+    # More than the file's 8 KiB write buffer, so that the data reaches the file.
     storage_association.sendall(pdu_of([command, (0x00, data[:20000])]))
 
     [receiving] = wait_for(lambda: incoming_files(settings.storage_dir), "the data set arrives")
