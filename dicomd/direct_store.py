@@ -19,7 +19,7 @@ Everything else stays with pynetdicom: association negotiation, release,
 abort, and every other DIMSE message. A request takes this path only
 when it starts a new message, its command set arrives whole in the first
 presentation data value, and nothing else is in progress on the
-association; otherwise the PDU goes to pynetdicom unchanged.
+association. Otherwise the PDU goes to pynetdicom unchanged.
 """
 
 from __future__ import annotations
