@@ -14,9 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, Engine, Executable, bindparam, insert, select, update
+from sqlalchemy import Connection, Dialect, Engine, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
+from dicomd.driver_sql import DriverStatement
 from dicomd.group_commit import GroupCommit
 from dicomd.policy import IdentityPolicy, RejectReason, Rejection, Transport
 from dicomd.retrieve import RemoteAE
@@ -24,7 +25,7 @@ from dicomd.storage import StoredInstance
 from dicomd.tls import TlsSession
 from portal.identities.service import find_by_ae_title, stored_ae_title
 from portal.database import upsert
-from portal.usage_days import add_usage, request_increments
+from portal.usage_days import add_usage, add_usage_statement, request_increments
 from portal.models import Association, DicomIdentity, Instance, Study, utcnow
 
 log = logging.getLogger(__name__)
@@ -227,20 +228,24 @@ class UsageRecorder:
         index, gets them now.
         """
         now = utcnow()
-        statements = index_statements(self.engine.dialect.name)
+        statements = index_statements(self.engine.dialect)
 
-        # Core statements built once and run on one connection, because this
-        # runs for every instance and the ORM's unit of work costs more than the SQL.
+        # Statements compiled once and run on the driver's cursor, because this
+        # runs for every instance and SQLAlchemy's execution costs more than the SQL.
         def index(connection: Connection) -> None:
             study_id = self._upsert_study(connection, statements, identity_id, stored, now)
             self._insert_instance(connection, statements, association_id, identity_id, study_id, stored, now)
-            connection.execute(
-                statements.count_on_association, {"row_id": association_id, "added_bytes": stored.size_bytes}
+            statements.count_on_association.execute(
+                connection, {"row_id": association_id, "added_bytes": stored.size_bytes}
             )
-            connection.execute(
-                statements.count_on_identity, {"row_id": identity_id, "added_bytes": stored.size_bytes, "now": now}
+            statements.count_on_identity.execute(
+                connection, {"row_id": identity_id, "added_bytes": stored.size_bytes, "now": now}
             )
-            add_usage(connection, identity_id, now.date(), instances_received=1, bytes_received=stored.size_bytes)
+            statements.add_usage.execute(
+                connection,
+                {"identity_id": identity_id, "day": now.date(), "instances_received": 1,
+                 "bytes_received": stored.size_bytes},
+            )
 
         # Instances that other associations of this worker store at the same moment share the transaction.
         self._index_writes.write(index)
@@ -273,7 +278,7 @@ class UsageRecorder:
         """Return the id of the instance's study row, inserting it or noting the new receipt and modality."""
         header = stored.header
         touch = {"uid": header.study_instance_uid, "now": now}
-        study = connection.execute(statements.touch_study, touch).first()
+        study = statements.touch_study.execute(connection, touch).fetchone()
         if study is None:
             values = fitted_values(
                 Study,
@@ -292,23 +297,24 @@ class UsageRecorder:
                 first_received_at=now,
                 last_received_at=now,
             )
-            inserted = connection.execute(statements.insert_study, values).first()
+            inserted = statements.insert_study.execute(connection, values).fetchone()
             if inserted is not None:
-                return inserted.id
+                return inserted[0]
             # Another worker inserted the same study first.
-            study = connection.execute(statements.touch_study, touch).one()
+            study = statements.touch_study.execute(connection, touch).fetchone()
 
+        study_id, study_modalities = study
         # NOTE: the modality list is read and written back, so two workers adding
         # different modalities to one study at the same moment may lose one.
-        modalities = study.modalities.split("\\") if study.modalities else []
+        modalities = study_modalities.split("\\") if study_modalities else []
         if header.modality and header.modality not in modalities:
             studies = Study.__table__
             connection.execute(
                 update(studies)
-                .where(studies.c.id == study.id)
+                .where(studies.c.id == study_id)
                 .values(modalities=fit_text(studies.c.modalities, "\\".join([*modalities, header.modality])))
             )
-        return study.id
+        return study_id
 
     def _insert_instance(
         self,
@@ -339,7 +345,20 @@ class UsageRecorder:
             path=stored.relative_path,
             received_at=now,
         )
-        connection.execute(statements.insert_instance, values)
+        statements.insert_instance.execute(connection, values)
+
+
+# The columns that _upsert_study and _insert_instance set.
+STUDY_COLUMNS = (
+    "study_instance_uid", "identity_id", "study_date", "study_time", "accession_number", "study_description",
+    "modalities", "dicom_study_id", "patient_id", "patient_name", "patient_birth_date", "patient_sex",
+    "first_received_at", "last_received_at",
+)
+INSTANCE_COLUMNS = (
+    "sop_instance_uid", "sop_class_uid", "series_instance_uid", "study_id", "identity_id", "association_id",
+    "modality", "series_number", "series_description", "instance_number", "transfer_syntax_uid", "size_bytes",
+    "path", "received_at",
+)
 
 
 @dataclass(frozen=True)
@@ -347,53 +366,67 @@ class IndexStatements:
     """The statements that index a received instance, with parameters in place of values."""
 
     # Parameters: uid, now. Returns the study's id and modalities.
-    touch_study: Executable
-    # Parameters: the Study columns. Returns the new id, or nothing if the study exists.
-    insert_study: Executable
-    # Parameters: the Instance columns. Does nothing if the instance is indexed.
-    insert_instance: Executable
+    touch_study: DriverStatement
+    # Parameters: STUDY_COLUMNS. Returns the new id, or nothing if the study exists.
+    insert_study: DriverStatement
+    # Parameters: INSTANCE_COLUMNS. Does nothing if the instance is indexed.
+    insert_instance: DriverStatement
     # Parameters: row_id, added_bytes.
-    count_on_association: Executable
+    count_on_association: DriverStatement
     # Parameters: row_id, added_bytes, now.
-    count_on_identity: Executable
+    count_on_identity: DriverStatement
+    # Parameters: identity_id, day, instances_received, bytes_received.
+    add_usage: DriverStatement
 
 
 @functools.cache
-def index_statements(dialect: str) -> IndexStatements:
-    """Build the indexing statements for `dialect` once per process."""
+def index_statements(dialect: Dialect) -> IndexStatements:
+    """Compile the indexing statements for `dialect` once per process."""
     studies, instances = Study.__table__, Instance.__table__
     associations, identities = Association.__table__, DicomIdentity.__table__
     return IndexStatements(
-        touch_study=(
+        touch_study=DriverStatement.compile(
             update(studies)
             .where(studies.c.study_instance_uid == bindparam("uid"))
             .values(last_received_at=bindparam("now"))
-            .returning(studies.c.id, studies.c.modalities)
+            .returning(studies.c.id, studies.c.modalities),
+            dialect,
         ),
-        insert_study=(
-            upsert(dialect, studies)
+        insert_study=DriverStatement.compile(
+            upsert(dialect.name, studies)
             .on_conflict_do_nothing(index_elements=[studies.c.study_instance_uid])
-            .returning(studies.c.id)
+            .returning(studies.c.id),
+            dialect,
+            STUDY_COLUMNS,
         ),
-        insert_instance=upsert(dialect, instances).on_conflict_do_nothing(
-            index_elements=[instances.c.sop_instance_uid]
+        insert_instance=DriverStatement.compile(
+            upsert(dialect.name, instances).on_conflict_do_nothing(index_elements=[instances.c.sop_instance_uid]),
+            dialect,
+            INSTANCE_COLUMNS,
         ),
-        count_on_association=(
+        count_on_association=DriverStatement.compile(
             update(associations)
             .where(associations.c.id == bindparam("row_id"))
             .values(
                 instances_received=associations.c.instances_received + 1,
                 bytes_received=associations.c.bytes_received + bindparam("added_bytes"),
-            )
+            ),
+            dialect,
         ),
-        count_on_identity=(
+        count_on_identity=DriverStatement.compile(
             update(identities)
             .where(identities.c.id == bindparam("row_id"))
             .values(
                 instances_received=identities.c.instances_received + 1,
                 bytes_received=identities.c.bytes_received + bindparam("added_bytes"),
                 last_seen_at=bindparam("now"),
-            )
+            ),
+            dialect,
+        ),
+        add_usage=DriverStatement.compile(
+            add_usage_statement(dialect.name, ("bytes_received", "instances_received")),
+            dialect,
+            ("identity_id", "day", "bytes_received", "instances_received"),
         ),
     )
 

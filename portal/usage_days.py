@@ -39,12 +39,13 @@ def add_usage(connection: Session | Connection, identity_id: int, day: date, **i
     if not increments:
         return
 
-    statement = _add_usage_statement(dialect_name(connection), tuple(sorted(increments)))
+    statement = add_usage_statement(dialect_name(connection), tuple(sorted(increments)))
     connection.execute(statement, {"identity_id": identity_id, "day": day, **increments})
 
 
 @functools.cache
-def _add_usage_statement(dialect: str, counters: tuple[str, ...]):
+def add_usage_statement(dialect: str, counters: tuple[str, ...]):
+    """Return the INSERT ... ON CONFLICT DO UPDATE that adds to `counters`, with parameters identity_id, day and each counter."""
     # Built once per dialect and set of counters: dicomd adds usage for every
     # instance, and building the statement costs more than running it.
     table = UsageDay.__table__
