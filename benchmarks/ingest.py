@@ -1,15 +1,18 @@
-"""C-STORE and C-ECHO throughput of dicomd against DCMTK's storescp and a bare pynetdicom SCP.
+"""C-STORE and C-ECHO throughput of dicomd against DCMTK's storescp, a bare pynetdicom SCP and Orthanc.
 
 Generates the data sets once, then for each run and workload starts each
 receiver on loopback with an empty storage directory, sends with DCMTK's
-storescu or echoscu (with TCP_NODELAY=1), and stops the receiver. Prints one
-table with the median rate of RUNS runs and each receiver's ratio to storescp.
-The 256 MiB instance is sent once per receiver and reports the receiver's
-peak resident memory (VmHWM).
+storescu or echoscu (with TCP_NODELAY=1), and stops the receiver. Orthanc
+runs in a network namespace of its own that has only a loopback interface,
+and its senders run in that namespace too. Prints one table with the median
+rate of RUNS runs, each receiver's ratio to storescp and dicomd's ratio to
+Orthanc. The 256 MiB instance is sent once per receiver and reports the
+receiver's peak resident memory (VmHWM).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -152,7 +155,12 @@ class Receiver:
                 self.command(run_dir, workload), env=self.environ(run_dir, workload),
                 stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
             )
-        self.wait_until_ready()
+        try:
+            self.wait_until_ready()
+        except BaseException:
+            # measure_once stops only a receiver that started, so one that never became ready is stopped here.
+            self.stop()
+            raise
 
     def command(self, run_dir: Path, workload: Workload) -> list[str]:
         raise NotImplementedError
@@ -180,6 +188,10 @@ class Receiver:
     def receiving_pids(self) -> list[int]:
         """Return the processes that receive instances, for their peak memory."""
         return [self.process.pid]
+
+    def sender_prefix(self) -> list[str]:
+        """Return the command prefix that runs a sender in the receiver's network namespace (empty: the host's)."""
+        return []
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -252,6 +264,96 @@ class Dicomd(Receiver):
         return [int(pid) for pid in children if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()]
 
 
+class Orthanc(Receiver):
+    """Orthanc from the Debian package, in a network namespace that has only a loopback interface.
+
+    Orthanc 1.10 binds its DICOM and HTTP ports on every address and has no
+    option to change that, so the namespace keeps both off the host's network.
+    """
+
+    label = "Orthanc"
+    http_port = 8042
+
+    @staticmethod
+    def executable() -> str | None:
+        # Debian installs Orthanc in /usr/sbin, which is not on every user's PATH.
+        return shutil.which("Orthanc", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin"]))
+
+    def start(self, run_dir, workload):
+        self.index_dir = run_dir / "index"
+        super().start(run_dir, workload)
+
+    def command(self, run_dir, workload):
+        config_path = run_dir / "orthanc.json"
+        config_path.write_text(json.dumps(self.config(workload), indent=2))
+        # unshare and sh both exec, so Orthanc keeps the pid that Popen returns. stop() therefore signals
+        # Orthanc itself, and peak_rss() reads Orthanc's VmHWM.
+        script = 'ip link set lo up && exec "$@"'
+        return ["unshare", "--net", "--", "sh", "-c", script, "sh", self.executable(), str(config_path)]
+
+    def config(self, workload: Workload) -> dict:
+        # Everything else keeps Orthanc's defaults, among them SyncStorageArea (an fdatasync of each DICOM
+        # file), the SQLite index and DicomThreadsCount (4 threads for concurrent associations).
+        config = {
+            "DicomAet": "PACS",
+            "DicomPort": self.port,
+            "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False,
+            "DicomCheckCalledAet": False,
+            "StorageDirectory": str(self.output_dir),
+            # The index has a directory of its own so that stored_files() counts only the DICOM files.
+            "IndexDirectory": str(self.index_dir),
+            "StorageCompression": False,
+            "Plugins": [],
+            "SaveJobs": False,
+            "DicomAlwaysAllowStore": True,
+            "DicomAlwaysAllowEcho": True,
+        }
+        if workload.tls:
+            cert, key = self.tls_files()
+            config |= {
+                "DicomTlsEnabled": True,
+                "DicomTlsCertificate": str(cert),
+                "DicomTlsPrivateKey": str(key),
+                # Orthanc 1.10.1 exits at start without this file, even when clients need no certificate.
+                "DicomTlsTrustedCertificates": str(self.template / "tls" / "ca.pem"),
+                "DicomTlsRemoteCertificateRequired": False,
+            }
+        return config
+
+    def environ(self, run_dir, workload):
+        # Orthanc links Debian's DCMTK, so it needs TCP_NODELAY as much as storescp does.
+        return dcmtk_environ()
+
+    def ready(self):
+        if "Orthanc has started" not in self.log_path.read_text(errors="replace"):
+            return False
+        # The port is only reachable inside Orthanc's namespace, so the connection test runs there.
+        probe = "import socket, sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=1).close()"
+        command = [*self.sender_prefix(), sys.executable, "-S", "-c", probe, str(self.port)]
+        return subprocess.run(command, capture_output=True, timeout=10).returncode == 0
+
+    def sender_prefix(self):
+        return ["nsenter", f"--net=/proc/{self.process.pid}/ns/net", "--"]
+
+    @classmethod
+    def missing_requirement(cls) -> str | None:
+        """Return why Orthanc cannot be measured on this machine, or None if it can."""
+        if cls.executable() is None:
+            return "Orthanc is not measured: its executable was not found. Install the Debian package orthanc."
+        # The same steps that start() and the senders take, in a namespace that exits at once.
+        check = ["unshare", "--net", "--", "sh", "-c",
+                 "ip link set lo up && exec nsenter --net=/proc/self/ns/net -- true"]
+        try:
+            result = subprocess.run(check, capture_output=True, text=True, timeout=30)
+        except OSError as error:
+            return f"Orthanc is not measured: unshare could not be run ({error})."
+        if result.returncode != 0:
+            return ("Orthanc is not measured: a network namespace for it could not be set up, which needs root, "
+                    f"unshare, nsenter and ip ({result.stderr.strip() or f'exit status {result.returncode}'}).")
+        return None
+
+
 def peak_rss(pid: int) -> int:
     """Return the peak resident set size (VmHWM) of a running process in bytes."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -263,18 +365,19 @@ def peak_rss(pid: int) -> int:
 def send(receiver: Receiver, workload: Workload, files: list[Path], ca_file: Path) -> float:
     """Send the workload to a running receiver; return the elapsed seconds."""
     environ = dcmtk_environ()
+    prefix = receiver.sender_prefix()
     address = ["-aet", CALLING_AE_TITLE, "-aec", "PACS", "127.0.0.1", str(receiver.port)]
     tls = ["+tla", "+cf", str(ca_file)] if workload.tls else []
     started = time.perf_counter()
     if workload.echoes:
         for _ in range(workload.echoes):
-            subprocess.run(["echoscu", *address], env=environ, check=True, capture_output=True,
+            subprocess.run([*prefix, "echoscu", *address], env=environ, check=True, capture_output=True,
                            timeout=SEND_TIMEOUT_SECONDS)
         return time.perf_counter() - started
 
     shares = [files[index::workload.senders] for index in range(workload.senders)]
     senders = [
-        subprocess.Popen(["storescu", *tls, *address, *map(str, share)], env=environ,
+        subprocess.Popen([*prefix, "storescu", *tls, *address, *map(str, share)], env=environ,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         for share in shares
     ]
@@ -311,6 +414,11 @@ def main() -> None:
         settings = prepare_dicomd_template(root / "template")
         ca_file = settings.data_dir / "tls" / "ca.pem"
         receivers = [Storescp(settings.data_dir), BarePynetdicom(settings.data_dir), Dicomd(settings.data_dir)]
+        missing_orthanc = Orthanc.missing_requirement()
+        if missing_orthanc:
+            print(missing_orthanc, flush=True)
+        else:
+            receivers.append(Orthanc(settings.data_dir))
 
         results: dict[str, dict[str, Measurement]] = {}
         for workload in WORKLOADS:
@@ -332,24 +440,47 @@ def main() -> None:
 
 
 def print_table(results: dict[str, dict[str, Measurement]]) -> None:
-    print("\n| workload | storescp | bare pynetdicom | dicomd | bare ÷ storescp | dicomd ÷ storescp | target |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
+    print("\n| workload | storescp | bare pynetdicom | dicomd | Orthanc "
+          "| bare ÷ storescp | dicomd ÷ storescp | dicomd ÷ Orthanc | target |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for workload in WORKLOADS:
         row = results[workload.name]
-        reference = row["storescp"]
+        values = {label: measured_value(row.get(label), workload) for label in TABLE_RECEIVERS}
+        cells = [format_value(values[label], workload) for label in TABLE_RECEIVERS]
+        ratios = [format_ratio(values[dividend], values[divisor]) for dividend, divisor in TABLE_RATIOS]
         if workload.measure_memory:
-            cells = [f"{row[label].peak_rss / MIB:.0f} MiB" for label in ("storescp", "bare pynetdicom", "dicomd")]
-            ratios = [f"{row[label].peak_rss / reference.peak_rss:.2f}" for label in ("bare pynetdicom", "dicomd")]
-            met = row["dicomd"].peak_rss < 128 * MIB
+            met = values["dicomd"] < 128 * MIB
         else:
-            cells = [f"{row[label].rate:.1f}/s" for label in ("storescp", "bare pynetdicom", "dicomd")]
-            ratios = [f"{row[label].rate / reference.rate:.2f}" for label in ("bare pynetdicom", "dicomd")]
             minimum = float(workload.target.split()[1])
-            met = row["dicomd"].rate / reference.rate >= minimum
+            met = values["dicomd"] / values["storescp"] >= minimum
         verdict = "met" if met else "NOT met"
         print(f"| {workload.name} | {' | '.join(cells)} | {' | '.join(ratios)} | {workload.target}: {verdict} |")
     print(
         f"\nRates are instances (C-ECHO: associations) per second, the median of {RUNS} runs; "
         "the 256 MiB row is one run and shows peak resident memory (VmHWM) of the receiving process. "
-        "storescp runs with --fork for the parallel senders."
+        "storescp runs with --fork for the parallel senders. – marks a receiver that was not measured."
     )
+
+
+# The receivers' columns of the table, and its ratio columns as (dividend, divisor).
+TABLE_RECEIVERS = ("storescp", "bare pynetdicom", "dicomd", "Orthanc")
+TABLE_RATIOS = (("bare pynetdicom", "storescp"), ("dicomd", "storescp"), ("dicomd", "Orthanc"))
+
+
+def measured_value(measurement: Measurement | None, workload: Workload) -> float | None:
+    """Return the median rate, or the peak memory for the memory workload, or None if not measured."""
+    if measurement is None:
+        return None
+    return measurement.peak_rss if workload.measure_memory else measurement.rate
+
+
+def format_value(value: float | None, workload: Workload) -> str:
+    if value is None:
+        return "–"
+    return f"{value / MIB:.0f} MiB" if workload.measure_memory else f"{value:.1f}/s"
+
+
+def format_ratio(dividend: float | None, divisor: float | None) -> str:
+    if dividend is None or divisor is None:
+        return "–"
+    return f"{dividend / divisor:.2f}"

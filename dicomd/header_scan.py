@@ -3,7 +3,7 @@
 dicomd indexes about twenty elements of every instance, all in groups 0008
 to 0020, near the start of the data set. pydicom's `dcmread` decodes the
 File Meta Information into a data set and reads every element up to the
-pixel data, which costs about 0.5 ms for a typical CT header. This module
+pixel data, which took 0.3 to 0.5 ms for a 64 KB CT instance in dicomd. This module
 walks the element headers of the encoded bytes, skips the values it does
 not need (nested sequences included), stops at the first element past the
 last requested tag, and returns the requested values as pydicom RawDataElements.
