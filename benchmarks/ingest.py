@@ -28,6 +28,7 @@ from pathlib import Path
 from flask_migrate import upgrade
 
 from benchmarks.datasets import CT_IMAGE_STORAGE, US_MULTIFRAME_IMAGE_STORAGE, ImageShape, write_instance
+from benchmarks.durable_floor import durable_write_rate
 from portal import create_app
 from portal.certificates import resolve_tls_files
 from portal.extensions import db
@@ -69,6 +70,11 @@ WORKLOADS = [
     Workload("one 256 MiB US multi-frame instance", "huge", runs=1, measure_memory=True,
              target="peak RSS < 128 MiB"),
 ]
+
+# The one-association workloads for which the durable write floor is measured, and its row label.
+FLOOR_WORKLOADS = [workload.name for workload in WORKLOADS if workload.senders == 1 and workload.data_set
+                   and not workload.tls and not workload.measure_memory]
+FLOOR_LABEL = "durable write floor"
 
 # Data set name: (number of instances, SOP class, pixel matrix).
 DATA_SETS = {
@@ -390,6 +396,10 @@ def send(receiver: Receiver, workload: Workload, files: list[Path], ca_file: Pat
 
 def measure_once(receiver: Receiver, workload: Workload, files: list[Path], run_dir: Path,
                  ca_file: Path, result: Measurement) -> None:
+    # storescp and the bare pynetdicom SCP leave their files unsynced. The kernel writes
+    # them back about 30 seconds later, during another receiver's run, where they delayed
+    # each fsync: dicomd received 512 KB instances 20 % slower in that case.
+    os.sync()
     receiver.start(run_dir, workload)
     try:
         elapsed = send(receiver, workload, files, ca_file)
@@ -433,10 +443,29 @@ def main() -> None:
                     # one by one: in one profile of dicomd that took a fifth of its CPU time.
                     measure_once(receiver, workload, workload_files, run_dir, ca_file,
                                  results[workload.name][receiver.label])
+                if workload.name in FLOOR_WORKLOADS:
+                    os.sync()
+                    floor = results[workload.name].setdefault(FLOOR_LABEL, Measurement())
+                    floor.rates.append(durable_write_rate(workload_files, root / "runs" / f"{len(results)}-{run}-floor"))
             print(f"  {workload.name}: done", flush=True)
         print(f"Finished in {time.perf_counter() - started:.0f} s.", flush=True)
 
     print_table(results)
+    print_floor_table(results)
+
+
+def print_floor_table(results: dict[str, dict[str, Measurement]]) -> None:
+    print(f"\n| workload | {FLOOR_LABEL} | storescp | floor ÷ storescp | target for dicomd ÷ storescp |")
+    print("| --- | ---: | ---: | ---: | --- |")
+    for workload in WORKLOADS:
+        if workload.name not in FLOOR_WORKLOADS:
+            continue
+        floor, reference = results[workload.name][FLOOR_LABEL].rate, results[workload.name]["storescp"].rate
+        print(f"| {workload.name} | {floor:.1f}/s | {reference:.1f}/s | {floor / reference:.2f} | {workload.target} |")
+    print(
+        "\nThe floor is the rate of the file system and index work alone that a receiver does to make "
+        "each instance durable before its response (benchmarks/durable_floor.py), with no network or DICOM work."
+    )
 
 
 def print_table(results: dict[str, dict[str, Measurement]]) -> None:
