@@ -66,6 +66,9 @@ HEADER_TAGS = [
 ]
 HEADER_TAG_NUMBERS = frozenset(int(tag) for tag in HEADER_TAGS)
 SPECIFIC_CHARACTER_SET_TAG = Tag("SpecificCharacterSet")
+REQUIRED_UID_TAGS = frozenset(Tag(keyword) for keyword in (
+    "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
+))
 # The VRs of the header elements, each decoded by pydicom to its text, or to
 # an integer (IS) that int() of its text gives as well.
 PLAIN_TEXT_VRS = frozenset({"CS", "DA", "IS", "LO", "PN", "SH", "TM", "UI"})
@@ -73,7 +76,7 @@ _PLAIN_INTEGER = re.compile(rb" *[+-]?[0-9]* *\0*")
 # Character sets in which ASCII bytes without escape sequences are ASCII text.
 PLAIN_CHARACTER_SETS = frozenset({"", "ISO_IR 6", "ISO_IR 100", "ISO_IR 192", "ISO 2022 IR 6", "ISO 2022 IR 100"})
 # How much of a file is read to find its header elements. A file whose
-# elements up to Instance Number take more is read by pydicom instead.
+# elements before the pixel data take more is read by pydicom instead.
 HEADER_PREFIX_BYTES = 64 * 1024
 
 COPY_BUFFER_BYTES = 1024 * 1024
@@ -209,18 +212,31 @@ def _header_elements(path: Path, contents: bytes | None) -> tuple[Dataset, str |
     encoding, and by pydicom otherwise.
     """
     if contents is not None:
-        found = header_scan.scan(contents, HEADER_TAG_NUMBERS, whole_file=True)
+        found = _scanned(contents, whole_file=True)
         if found is None:
             return _read_with_pydicom(BytesIO(contents))
     else:
         with _open_for_reading(path) as source:
             prefix = source.read(HEADER_PREFIX_BYTES)
-            found = header_scan.scan(prefix, HEADER_TAG_NUMBERS, whole_file=len(prefix) < HEADER_PREFIX_BYTES)
+            found = _scanned(prefix, whole_file=len(prefix) < HEADER_PREFIX_BYTES)
             if found is None:
                 source.seek(0)
                 return _read_with_pydicom(source)
     transfer_syntax_uid, elements = found
     return Dataset(elements), transfer_syntax_uid
+
+
+def _scanned(data: bytes, *, whole_file: bool):
+    """Return header_scan's result for `data`, or None when pydicom should read it.
+
+    A data set without one of the UIDs that every instance needs is
+    malformed or unusual, and pydicom's reader, which reads past elements
+    out of order, decides whether it can be stored.
+    """
+    found = header_scan.scan(data, HEADER_TAG_NUMBERS, whole_file=whole_file)
+    if found is None or not REQUIRED_UID_TAGS <= found[1].keys():
+        return None
+    return found
 
 
 def _read_with_pydicom(source) -> tuple[Dataset, str | None]:
@@ -466,8 +482,11 @@ def _value(dataset, keyword: str):
     """
     tag = _tag_of(keyword)
     raw = dataset.get_item(tag)
-    if isinstance(raw, RawDataElement) and _is_plain_text(raw, _vr_of(keyword)) and _has_plain_character_set(dataset):
-        return raw.value.decode("ascii").rstrip(" \0")
+    vr = _vr_of(keyword)
+    if isinstance(raw, RawDataElement) and _is_plain_text(raw, vr) and _has_plain_character_set(dataset):
+        text = raw.value.decode("ascii").rstrip(" \0")
+        # pydicom's UID also strips other white space, such as a line feed, from both ends.
+        return text.strip() if vr == "UI" else text
     element = dataset.get(tag)
     return element.value if element is not None else None
 

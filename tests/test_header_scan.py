@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from unittest import mock
 
@@ -181,3 +182,42 @@ def test_value_decoding_matches_pydicom(tmp_path, values, field, expected):
     assert header == decoded_by_pydicom(path)
     if expected is not None:
         assert getattr(header, field) == expected
+
+
+def test_uid_white_space_stripped_as_pydicom(tmp_path):
+    path = write_part10(tmp_path / "uids.dcm", header_dataset(SeriesInstanceUID="1.2.3.44"))
+    contents = path.read_bytes()
+    # The same lengths: a leading tab in a UID, and a tab in place of the transfer syntax's padding.
+    contents = contents.replace(b"1.2.3.44", b"\t1.2.3.4").replace(b"1.2.840.10008.1.2.1\0", b"1.2.840.10008.1.2.1\t")
+
+    assert scanned(contents) is not None
+    header = decoded(path, contents)
+    assert header == decoded_by_pydicom(path, contents)
+    assert header.series_instance_uid == "1.2.3.4"
+    assert header.transfer_syntax_uid == ExplicitVRLittleEndian
+
+
+# Bytes that change how values and element headers read: white space, delimiters, escapes, non-ASCII.
+DAMAGING_BYTES = b"\t\n\r\x0b\x0c\x1c\x1f \\=\x1b\x00\x80\xe9+-.0e"
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("name", [
+    "CT_small.dcm", "MR_small_implicit.dcm", "US1_UNCR.dcm", "chrH31.dcm", "JPEG2000.dcm", "rtplan.dcm",
+])
+def test_damaged_file_decodes_as_pydicom(name):
+    """Damage a few bytes of the header, or cut the file short, many times: both decodings agree each time."""
+    path = next(path for path in SAMPLE_FILES if path.name == name)
+    original = path.read_bytes()[:20000]
+    generator = random.Random(name)
+
+    for _ in range(200):
+        damaged = bytearray(original)
+        for _ in range(generator.randint(1, 4)):
+            position = generator.randrange(128, min(len(damaged), 1500))
+            special = generator.random() < 0.6
+            damaged[position] = generator.choice(DAMAGING_BYTES) if special else generator.randrange(256)
+        if generator.random() < 0.3:
+            damaged = damaged[:generator.randrange(132, len(damaged))]
+
+        assert decoded(path, bytes(damaged)) == decoded_by_pydicom(path, bytes(damaged))
