@@ -1,8 +1,14 @@
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import login
+
+PORTAL = str(Path(sys.executable).parent / "portal")
 
 
 def identities(runner) -> list[dict]:
@@ -201,3 +207,31 @@ def test_user_set_password_invalid(runner, client, name, password, message):
     result = runner.invoke(args=["user", "set-password", name, "--password-stdin"], input=password + "\n")
     assert result.exit_code != 0
     assert message in result.output
+
+
+@pytest.mark.parametrize("arguments", [
+    ["identity", "list"],
+    ["identity", "create", "--name", "Echo cart", "--ae-title", "ECHO9"],
+    ["identity", "certificate", "remove", "ECHO9"],
+    ["user", "create", "nurse", "--role", "Support"],
+    ["token", "create", "admin"],
+])
+def test_command_on_empty_database_names_upgrade(tmp_path, arguments):
+    environ = {**os.environ, "DATA_DIR": str(tmp_path / "data")}
+
+    result = subprocess.run([PORTAL, *arguments], env=environ, capture_output=True, text=True, timeout=60)
+
+    assert result.returncode == 1
+    assert "is at an empty database, not at the latest revision" in result.stderr
+    assert "run `portal db upgrade`" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_command_help_on_empty_database(tmp_path):
+    environ = {**os.environ, "DATA_DIR": str(tmp_path / "data")}
+
+    result = subprocess.run([PORTAL, "identity", "create", "--help"], env=environ, capture_output=True, text=True,
+                            timeout=60)
+
+    assert result.returncode == 0
+    assert "Create a DICOM identity." in result.stdout
