@@ -85,6 +85,8 @@ REASON_OPERATION_NOT_PERMITTED = "operation_not_permitted"
 REASON_INVALID_DATASET = "invalid_dataset"
 REASON_STORAGE_FAILED = "storage_failed"
 REASON_TRANSFER_INTERRUPTED = "transfer_interrupted"
+REASON_NO_PRESENTATION_CONTEXT = "no_presentation_context"
+REASON_ABORTED_BEFORE_REQUESTS = "aborted_before_requests"
 REASON_MOVE_DESTINATION_UNKNOWN = "move_destination_unknown"
 REASON_MOVE_DESTINATION_FAILED = "move_destination_failed"
 REASON_INVALID_IDENTIFIER = "invalid_identifier"
@@ -124,6 +126,8 @@ class AssociationState:
     identity: IdentityPolicy
     operations: Counter = field(default_factory=Counter)
     aborted: bool = False
+    # Whether a reason was recorded on the association's row.
+    failure_recorded: bool = False
     # The slot this association occupies in the shared association table, if any.
     limit_slot: int | None = None
 
@@ -179,6 +183,7 @@ class ListenerHandlers:
             (evt.EVT_CONN_OPEN, self.handle_conn_open),
             (evt.EVT_REQUESTED, self.handle_requested),
             (evt.EVT_REJECTED, self.handle_rejected),
+            (evt.EVT_ACCEPTED, self.handle_accepted),
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_C_STORE, self.handle_store),
             (evt.EVT_C_FIND, self.handle_find),
@@ -267,6 +272,28 @@ class ListenerHandlers:
                 description=str(state),
             )
         log.info("%s to %s accepted (%s)", state, called, _describe_transport(peer))
+
+    def handle_accepted(self, event: Event) -> None:
+        """Record an association on which dicomd accepted none of the proposed presentation contexts.
+
+        pynetdicom accepts such an association, but the device can send no
+        request on it and usually aborts, which would leave the connection
+        log without a reason.
+        """
+        assoc = event.assoc
+        if assoc.accepted_contexts or not assoc.rejected_contexts:
+            return
+        state = self._state(event)
+        if state is None:
+            return
+        rejected = ", ".join(
+            f"{context.abstract_syntax} ({context.status.lower()})" for context in assoc.rejected_contexts
+        )
+        log.warning("%s: no proposed presentation context was accepted: %s", state, rejected)
+        self._record_failure(
+            state, REASON_NO_PRESENTATION_CONTEXT,
+            f"{REASON_NO_PRESENTATION_CONTEXT}: no proposed presentation context was accepted: {rejected}",
+        )
 
     def handle_rejected(self, event: Event) -> None:
         """Log rejections that pynetdicom sends itself, such as its association limit."""
@@ -587,6 +614,14 @@ class ListenerHandlers:
 
         operations = dict(state.operations)
         log.info("%s %s: %s", state, "aborted" if aborted else "ended", operations or "no requests")
+        if aborted and not operations and not state.failure_recorded:
+            # Without a reason the connection log could not say why nothing was received.
+            proposed = len(event.assoc.accepted_contexts) + len(event.assoc.rejected_contexts)
+            self._record_failure(
+                state, REASON_ABORTED_BEFORE_REQUESTS,
+                f"{REASON_ABORTED_BEFORE_REQUESTS}: the association was aborted before any request; "
+                f"{len(event.assoc.accepted_contexts)} of the {proposed} proposed presentation contexts were accepted",
+            )
         try:
             self.recorder.record_end(state.record_id, operations=operations, aborted=aborted)
         except Exception:
@@ -838,6 +873,7 @@ class ListenerHandlers:
         self._record_failure(state, REASON_SUB_OPERATIONS_FAILED, f"{REASON_SUB_OPERATIONS_FAILED}: {detail}")
 
     def _record_failure(self, state: AssociationState, reason: str, detail: str) -> None:
+        state.failure_recorded = True
         try:
             self.recorder.record_failure(state.record_id, reason, detail)
         except Exception:

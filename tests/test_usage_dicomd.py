@@ -84,3 +84,49 @@ def test_service_status_reports_listener(dicomd, admin_client):
         time.sleep(0.5)
     assert f"127.0.0.1:{dicomd.port}" in panel
     assert ">up<" in panel
+
+
+PRIVATE_SOP_CLASS = "1.2.826.0.1.3680043.9.9999.1"
+
+
+def test_abort_before_requests_explained(dicomd, session, admin_client, tmp_path):
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+
+    add_identity(session, "ECHO1")
+    dataset = dcmread(get_testdata_file("CT_small.dcm"))
+    dataset.SOPClassUID = dataset.file_meta.MediaStorageSOPClassUID = PRIVATE_SOP_CLASS
+    private = tmp_path / "private.dcm"
+    dataset.save_as(private)
+
+    # storescu's default proposals leave out this class, so it finds no context for the file and aborts.
+    result = storescu(dicomd.port, "ECHO1", [private])
+
+    assert "No presentation context" in result.stderr
+    [row] = wait_for_end(session)
+    assert row.outcome == "aborted"
+    assert row.reason == "aborted_before_requests"
+    assert row.detail.startswith("aborted_before_requests: the association was aborted before any request; ")
+    assert row.detail.endswith("proposed presentation contexts were accepted")
+    log_page = admin_client.get("/settings/devices/dicom/log").get_data(as_text=True)
+    assert "Aborted before any request" in log_page
+
+
+def test_no_accepted_presentation_context_explained(dicomd, session, admin_client):
+    from pynetdicom import AE
+
+    add_identity(session, "ECHO1")
+    device = AE(ae_title="ECHO1")
+    device.add_requested_context(PRIVATE_SOP_CLASS)
+
+    # pynetdicom, as the device, aborts an association on which none of its contexts was accepted.
+    assoc = device.associate("127.0.0.1", dicomd.port, ae_title="PACS")
+    assert assoc.is_aborted
+
+    [row] = wait_for_end(session)
+    assert row.outcome == "aborted"
+    assert row.reason == "no_presentation_context"
+    assert row.detail == (f"no_presentation_context: no proposed presentation context was accepted: "
+                          f"{PRIVATE_SOP_CLASS} (abstract syntax not supported)")
+    log_page = admin_client.get("/settings/devices/dicom/log").get_data(as_text=True)
+    assert "No presentation context accepted" in log_page

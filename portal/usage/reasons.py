@@ -90,6 +90,28 @@ REASONS: dict[str, Explanation] = {
         "The device should send the instance again. If this repeats, check the network between the device "
         "and the PACS and the device's own timeouts.",
     ),
+    "no_presentation_context": Explanation(
+        "No presentation context accepted",
+        "dicomd accepted the association but none of the presentation contexts the device proposed: "
+        "each named a SOP class that dicomd does not store or serve, or offered only transfer syntaxes "
+        "that dicomd does not accept. The device could send no request, and usually aborted. The detail "
+        "lists each proposed SOP class with the reason it was rejected.",
+        "dicomd stores every standard storage SOP class that pynetdicom lists, and the retired "
+        "ultrasound classes. For a private SOP class, configure the device to send a standard one. For a "
+        "transfer syntax rejection, let the device also offer Explicit or Implicit VR Little Endian.",
+    ),
+    "aborted_before_requests": Explanation(
+        "Aborted before any request",
+        "dicomd accepted the association, and it was aborted before the device sent a request. DCMTK's "
+        "storescu, for example, aborts when no accepted presentation context fits the file it is about to "
+        "send, and logs \"No presentation context for\" that file's SOP class. Its default list of proposed "
+        "SOP classes leaves out some storage classes, such as the retired Ultrasound Image Storage. A "
+        "cancelled send or a timeout on the device ends an association the same way, and so does dicomd "
+        "when the device sends nothing for DICOM_NETWORK_TIMEOUT seconds.",
+        "Look for the error the device logged before the abort. For a presentation context error, make the "
+        "device propose the file's SOP class (storescu's -R option proposes the classes of the files it "
+        "sends) with a transfer syntax that dicomd accepts.",
+    ),
     "move_destination_unknown": Explanation(
         "Unknown C-MOVE destination",
         "The device asked to move instances to an AE title that is not an enabled identity with a "
