@@ -73,6 +73,8 @@ REQUIRED_UID_TAGS = frozenset(Tag(keyword) for keyword in (
 # an integer (IS) that int() of its text gives as well.
 PLAIN_TEXT_VRS = frozenset({"CS", "DA", "IS", "LO", "PN", "SH", "TM", "UI"})
 _PLAIN_INTEGER = re.compile(rb" *[+-]?[0-9]* *\0*")
+_DOTTED_DATE = re.compile(r"([0-9]{4})\.([0-9]{2})\.([0-9]{2})")
+_COLON_TIME = re.compile(r"([0-9]{2}):([0-9]{2})(?::([0-9]{2})(\.[0-9]{1,6})?)?")
 # Character sets in which ASCII bytes without escape sequences are ASCII text.
 PLAIN_CHARACTER_SETS = frozenset({"", "ISO_IR 6", "ISO_IR 100", "ISO_IR 192", "ISO 2022 IR 6", "ISO 2022 IR 100"})
 # How much of a file is read to find its header elements. A file whose
@@ -178,13 +180,13 @@ def read_header(path: Path, contents: bytes | None = None) -> InstanceHeader:
             "series_instance_uid": _text(dataset, "SeriesInstanceUID"),
             "transfer_syntax_uid": transfer_syntax_uid,
             "modality": _text(dataset, "Modality"),
-            "study_date": _text(dataset, "StudyDate"),
-            "study_time": _text(dataset, "StudyTime"),
+            "study_date": _date(_text(dataset, "StudyDate")),
+            "study_time": _time(_text(dataset, "StudyTime")),
             "accession_number": _text(dataset, "AccessionNumber"),
             "study_description": _text(dataset, "StudyDescription"),
             "patient_name": _text(dataset, "PatientName"),
             "patient_id": _text(dataset, "PatientID"),
-            "patient_birth_date": _text(dataset, "PatientBirthDate"),
+            "patient_birth_date": _date(_text(dataset, "PatientBirthDate")),
             "patient_sex": _text(dataset, "PatientSex"),
             "study_id": _text(dataset, "StudyID"),
             "series_number": _integer(dataset, "SeriesNumber"),
@@ -533,6 +535,23 @@ def _text(dataset, keyword: str) -> str | None:
     # NUL bytes are padding in DICOM, and PostgreSQL cannot store them in text.
     text = str(value).replace("\0", "").strip(" ")
     return text or None
+
+
+def _date(text: str | None) -> str | None:
+    """Return a DA value in the form YYYYMMDD, also when it came in the older form YYYY.MM.DD.
+
+    DICOM before version 3.0 and ACR-NEMA wrote dates with dots, and PS3.5
+    recommends that readers still accept them. Indexed as they came, they
+    would not fit the 8-character column or match date range queries.
+    """
+    match = _DOTTED_DATE.fullmatch(text) if text else None
+    return "".join(match.groups()) if match else text
+
+
+def _time(text: str | None) -> str | None:
+    """Return a TM value in the form HHMMSS.FFFFFF, also when it came in the older form HH:MM:SS.FFFFFF."""
+    match = _COLON_TIME.fullmatch(text) if text else None
+    return "".join(part for part in match.groups() if part) if match else text
 
 
 def _integer(dataset, keyword: str) -> int | None:

@@ -16,6 +16,7 @@ from dicomd.storage import (
     StorageFailed,
     is_valid_uid,
     prepare_storage_dir,
+    read_header,
     store_instance,
 )
 
@@ -227,3 +228,17 @@ def test_index_values_cut_to_column_length():
     assert study.patient_name == "Doe^Jane"
     assert fit_text(Instance.__table__.columns["series_description"], "y" * 65) == "y" * 64
     assert fit_text(Study.modalities, None) is None
+
+
+@pytest.mark.parametrize(("elements", "field", "expected"), [
+    ({"StudyDate": "1994.11.05"}, "study_date", "19941105"),
+    ({"PatientBirthDate": "1950.01.31"}, "patient_birth_date", "19500131"),
+    ({"StudyTime": "11:20:05.5"}, "study_time", "112005.5"),
+    ({"StudyTime": "11:20"}, "study_time", "1120"),
+    ({"StudyDate": "20240229"}, "study_date", "20240229"),
+    ({"StudyDate": "1994-11-05"}, "study_date", "1994-11-05"),
+])
+def test_older_date_and_time_forms_indexed_in_current_form(tmp_path, elements, field, expected):
+    header = read_header(modified_copy(tmp_path, **elements))
+
+    assert getattr(header, field) == expected
