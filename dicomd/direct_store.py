@@ -143,14 +143,22 @@ def parse_store_command(encoded: memoryview) -> StoreCommand | None:
     return StoreCommand(message_id, sop_class, sop_instance)
 
 
-def store_response_pdu(context_id: int, command: StoreCommand, status: int) -> bytes:
-    """Encode the C-STORE-RSP for `command` with `status` as one P-DATA-TF PDU."""
+def store_response_pdu(context_id: int, command: StoreCommand, status: int, error_comment: str | None = None) -> bytes:
+    """Encode the C-STORE-RSP for `command` with `status`, and an Error Comment if given, as one P-DATA-TF PDU.
+
+    `error_comment` must be ASCII of at most 64 characters (LO) without a backslash.
+    """
+    comment = b""
+    if error_comment:
+        encoded = error_comment.encode("ascii")
+        comment = _element(0x00000902, encoded + b" " * (len(encoded) % 2))
     elements = b"".join((
         _element(TAG_AFFECTED_SOP_CLASS_UID, command.sop_class_uid_value),
         _element(TAG_COMMAND_FIELD, _US.pack(C_STORE_RSP)),
         _element(0x00000120, _US.pack(command.message_id)),
         _element(TAG_COMMAND_DATA_SET_TYPE, _US.pack(NO_DATA_SET)),
         _element(0x00000900, _US.pack(status)),
+        comment,
         _element(TAG_AFFECTED_SOP_INSTANCE_UID, command.sop_instance_uid_value),
     ))
     command_set = _element(0x00000000, struct.pack("<L", len(elements))) + elements

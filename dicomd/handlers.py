@@ -322,13 +322,14 @@ class ListenerHandlers:
         state.operations["echo"] += 1
         return STATUS_SUCCESS
 
-    def handle_store(self, event: Event) -> int:
+    def handle_store(self, event: Event) -> int | Dataset:
         """Store a C-STORE data set durably and index it, then return the status to send.
 
         Returns STATUS_SUCCESS (also for a duplicate), STATUS_NOT_AUTHORIZED,
         STATUS_CANNOT_UNDERSTAND or STATUS_DATASET_MISMATCH for a data set
         that cannot be stored, STATUS_OUT_OF_RESOURCES when writing or
         indexing fails, and STATUS_PROCESSING_FAILURE on an unexpected error.
+        A failure status is a status data set with an Error Comment.
         """
         state = self._state(event)
         if state is None:
@@ -339,15 +340,19 @@ class ListenerHandlers:
         )
 
     def store_received(self, state: AssociationState, sop_class_uid: str, sop_instance_uid: str,
-                       received: Path | ReceivedFile) -> int:
-        """Store the received Part 10 file for a C-STORE request; see handle_store."""
+                       received: Path | ReceivedFile) -> int | Dataset:
+        """Store the received Part 10 file for a C-STORE request; see handle_store.
+
+        A failure status comes with the error as Error Comment, so that the
+        device's log shows the cause; the connection log records the same error.
+        """
         if not self._permits(state, "store"):
-            return self._refuse(state, "store")
+            return _status_with_error_comment(self._refuse(state, "store"), "C-STORE is not permitted for this AE title")
 
         receive_failure = take_receive_failure(received.path if isinstance(received, ReceivedFile) else received)
         if receive_failure is not None:
-            error = StorageFailed(f"receiving SOP instance {sop_instance_uid} failed: {receive_failure}")
-            return self._fail(state, "store_failed", REASON_STORAGE_FAILED, error, STATUS_OUT_OF_RESOURCES)
+            error = StorageFailed(f"receiving the data set failed: {receive_failure}")
+            return self._store_failure(state, sop_instance_uid, REASON_STORAGE_FAILED, error, STATUS_OUT_OF_RESOURCES)
         try:
             stored = store_instance(
                 received,
@@ -356,15 +361,15 @@ class ListenerHandlers:
                 expected_sop_instance_uid=sop_instance_uid,
             )
         except SOPClassMismatch as error:
-            return self._fail(state, "store_invalid", REASON_INVALID_DATASET, error, STATUS_DATASET_MISMATCH)
+            return self._store_failure(state, sop_instance_uid, REASON_INVALID_DATASET, error, STATUS_DATASET_MISMATCH)
         except InvalidDataset as error:
-            return self._fail(state, "store_invalid", REASON_INVALID_DATASET, error, STATUS_CANNOT_UNDERSTAND)
+            return self._store_failure(state, sop_instance_uid, REASON_INVALID_DATASET, error, STATUS_CANNOT_UNDERSTAND)
         except StorageFailed as error:
-            return self._fail(state, "store_failed", REASON_STORAGE_FAILED, error, STATUS_OUT_OF_RESOURCES)
+            return self._store_failure(state, sop_instance_uid, REASON_STORAGE_FAILED, error, STATUS_OUT_OF_RESOURCES)
         except Exception:
             log.exception("%s: storing SOP instance %s failed unexpectedly", state, sop_instance_uid)
             state.operations["store_failed"] += 1
-            return STATUS_PROCESSING_FAILURE
+            return _status_with_error_comment(STATUS_PROCESSING_FAILURE, "storing the instance failed unexpectedly")
 
         try:
             self.recorder.record_instance(
@@ -384,7 +389,7 @@ class ListenerHandlers:
             # it. Its acknowledged copy is then removed here.
             if not stored.duplicate:
                 self._remove_unindexed(state, stored.relative_path)
-            return STATUS_OUT_OF_RESOURCES
+            return _status_with_error_comment(STATUS_OUT_OF_RESOURCES, "indexing the instance failed; send it again")
 
         state.operations["store"] += 1
         if stored.duplicate:
@@ -841,7 +846,18 @@ class ListenerHandlers:
         self._record_failure(state, REASON_OPERATION_NOT_PERMITTED, f"{REASON_OPERATION_NOT_PERMITTED}: {operation}")
         return STATUS_NOT_AUTHORIZED
 
-    def _fail(self, state: AssociationState, counter: str, reason: str, error: Exception, status: int) -> int:
+    def _store_failure(self, state: AssociationState, sop_instance_uid: str, reason: str, error: Exception,
+                       status: int) -> Dataset:
+        """Count and record a C-STORE that failed with `error`, and return `status` with the error as Error Comment.
+
+        The recorded detail also names the SOP instance, which the response
+        names for the device in Affected SOP Instance UID.
+        """
+        counter = "store_invalid" if reason == REASON_INVALID_DATASET else "store_failed"
+        self._fail(state, counter, reason, f"SOP instance {sop_instance_uid}: {error}", status)
+        return _status_with_error_comment(status, str(error))
+
+    def _fail(self, state: AssociationState, counter: str, reason: str, error: Exception | str, status: int) -> int:
         log.warning("%s: %s: %s", state, reason, error)
         state.operations[counter] += 1
         self._record_failure(state, reason, f"{reason}: {error}")

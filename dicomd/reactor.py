@@ -43,6 +43,7 @@ import struct
 import threading
 from datetime import datetime
 
+from pydicom import Dataset
 from pynetdicom import evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
@@ -334,8 +335,14 @@ class WakingDUL(DULServiceProvider):
         received = receiving.finish()
         command = receiving.command
         self._storing = True
+        error_comment = None
         try:
-            status = int(self._store_handler(receiving.context, command, received))
+            # The handler returns a status, or a status data set with an Error Comment as pynetdicom takes it.
+            result = self._store_handler(receiving.context, command, received)
+            if isinstance(result, Dataset):
+                status, error_comment = int(result.Status), result.get("ErrorComment")
+            else:
+                status = int(result)
         except Exception:
             log.exception("%s: the store handler failed on SOP instance %s", self._label(), command.sop_instance_uid)
             status = STATUS_HANDLER_ERROR
@@ -347,7 +354,7 @@ class WakingDUL(DULServiceProvider):
 
         # As pynetdicom does, no response once the association is aborted.
         if self.state_machine.current_state == "Sta6" and not self.assoc.is_aborted:
-            self.socket.send(store_response_pdu(receiving.context.context_id, command, status))
+            self.socket.send(store_response_pdu(receiving.context.context_id, command, status, error_comment))
 
     def _drop_receiving(self, cause: str) -> None:
         """Remove the file of a data set that will never complete, if one is arriving, and report it."""

@@ -145,6 +145,27 @@ def test_store_response_is_pynetdicom_encoding():
     assert store_response_pdu(CONTEXT_ID, parsed, 0xA700) == expected.encode()
 
 
+@pytest.mark.parametrize("comment", ["Study Instance UID is missing", "odd length"])
+def test_store_response_with_error_comment_is_pynetdicom_encoding(comment):
+    dataset = make_instance(1024)
+    [(_, command), _] = store_request_values(dataset, message_id=7)
+    parsed = parse_store_command(memoryview(command))
+
+    response = C_STORE()
+    response.MessageIDBeingRespondedTo = 7
+    response.AffectedSOPClassUID = dataset.SOPClassUID
+    response.AffectedSOPInstanceUID = dataset.SOPInstanceUID
+    response.Status = 0xC000
+    response.ErrorComment = comment
+    message = C_STORE_RSP()
+    message.primitive_to_message(response)
+    [primitive] = message.encode_msg(CONTEXT_ID, 0)
+    expected = P_DATA_TF()
+    expected.from_primitive(primitive)
+
+    assert store_response_pdu(CONTEXT_ID, parsed, 0xC000, comment) == expected.encode()
+
+
 @pytest.mark.parametrize("sop_instance_uid", ["1.2.3", "1.2.840.113619.2.55.3.604688119.969.1268071029.320"])
 @pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
 def test_file_meta_information_is_pydicom_encoding(sop_instance_uid, syntax):
@@ -292,3 +313,34 @@ def test_pynetdicom_receives_when_its_log_is_on(app, environ, tmp_path, session,
     # pynetdicom's own INFO line for each request it serves.
     assert "Received Store Request" in server.log()
 
+
+
+@pytest.mark.parametrize("pynetdicom_log", [False, True], ids=["direct", "pynetdicom"])
+def test_failed_store_has_error_comment(app, environ, tmp_path, session, settings, pynetdicom_log):
+    """A C-STORE failure tells the device why, on dicomd's own receive path and on pynetdicom's."""
+    add_identity(session, "MODALITY1")
+    add_identity(session, "PING1", permitted=["echo"])
+    log_path = tmp_path / "dicomd.log"
+    options = ["--pynetdicom-log-level", "INFO"] if pynetdicom_log else []
+    server = Dicomd(start_dicomd(environ, log_path, *options), log_path, int(environ["DICOM_PORT"]))
+    invalid = make_instance(4096)
+    del invalid.StudyInstanceUID
+    try:
+        wait_until_ready(server)
+        assoc = sender("MODALITY1").associate("127.0.0.1", server.port, ae_title="PACS")
+        assert assoc.is_established
+        missing_study = assoc.send_c_store(invalid)
+        assoc.release()
+        assoc = sender("PING1").associate("127.0.0.1", server.port, ae_title="PACS")
+        assert assoc.is_established
+        not_permitted = assoc.send_c_store(make_instance(4096))
+        assoc.release()
+    finally:
+        stop_dicomd(server)
+
+    assert missing_study.Status == 0xC000
+    assert missing_study.ErrorComment == "Study Instance UID is missing"
+    assert not_permitted.Status == 0x0124
+    assert not_permitted.ErrorComment == "C-STORE is not permitted for this AE title"
+    rows = wait_for_end(session)
+    assert rows[0].detail == f"invalid_dataset: SOP instance {invalid.SOPInstanceUID}: Study Instance UID is missing"
