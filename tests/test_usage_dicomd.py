@@ -44,6 +44,8 @@ def test_pages_show_real_associations(dicomd, session, admin_client, tmp_path):
                   "Request type not permitted"):
         assert title in log_page
     assert "<td>aborted</td>" in log_page
+    # The called AE title the device used, for a wrong one.
+    assert "called AE title <code>NOT_PACS</code>" in log_page
 
     exported = list(csv.DictReader(io.StringIO(
         admin_client.get("/settings/devices/dicom/log.csv").get_data(as_text=True))))
