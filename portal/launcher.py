@@ -71,6 +71,10 @@ def print_welcome(settings: Settings, password: str | None) -> None:
             f"Password:      {password}",
             f"               (shown once; also in {settings.data_dir / 'initial-admin-password'})",
         ]
+    elif (settings.data_dir / "initial-admin-password").exists():
+        # An earlier start created the administrator, possibly one whose portal or dicomd then failed to start.
+        lines.append("Sign in with an existing administrator account. The password of the first one, admin, "
+                     f"was written to {settings.data_dir / 'initial-admin-password'}.")
     else:
         lines.append("Sign in with an existing administrator account.")
     lines += [
