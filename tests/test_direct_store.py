@@ -126,23 +126,29 @@ def test_other_commands_not_parsed_as_store():
     assert parse_store_command(memoryview(b"")) is None
 
 
+def pynetdicom_store_response_pdu(dataset, message_id: int, status: int, error_comment: str | None = None) -> bytes:
+    """Return the P-DATA-TF PDU in which pynetdicom sends a C-STORE-RSP for `dataset`."""
+    response = C_STORE()
+    response.MessageIDBeingRespondedTo = message_id
+    response.AffectedSOPClassUID = dataset.SOPClassUID
+    response.AffectedSOPInstanceUID = dataset.SOPInstanceUID
+    response.Status = status
+    if error_comment is not None:
+        response.ErrorComment = error_comment
+    message = C_STORE_RSP()
+    message.primitive_to_message(response)
+    [primitive] = message.encode_msg(CONTEXT_ID, 0)
+    pdu = P_DATA_TF()
+    pdu.from_primitive(primitive)
+    return pdu.encode()
+
+
 def test_store_response_is_pynetdicom_encoding():
     dataset = make_instance(1024)
     [(_, command), _] = store_request_values(dataset, message_id=513)
     parsed = parse_store_command(memoryview(command))
 
-    response = C_STORE()
-    response.MessageIDBeingRespondedTo = 513
-    response.AffectedSOPClassUID = dataset.SOPClassUID
-    response.AffectedSOPInstanceUID = dataset.SOPInstanceUID
-    response.Status = 0xA700
-    message = C_STORE_RSP()
-    message.primitive_to_message(response)
-    [primitive] = message.encode_msg(CONTEXT_ID, 0)
-    expected = P_DATA_TF()
-    expected.from_primitive(primitive)
-
-    assert store_response_pdu(CONTEXT_ID, parsed, 0xA700) == expected.encode()
+    assert store_response_pdu(CONTEXT_ID, parsed, 0xA700) == pynetdicom_store_response_pdu(dataset, 513, 0xA700)
 
 
 @pytest.mark.parametrize("comment", ["Study Instance UID is missing", "odd length"])
@@ -151,19 +157,8 @@ def test_store_response_with_error_comment_is_pynetdicom_encoding(comment):
     [(_, command), _] = store_request_values(dataset, message_id=7)
     parsed = parse_store_command(memoryview(command))
 
-    response = C_STORE()
-    response.MessageIDBeingRespondedTo = 7
-    response.AffectedSOPClassUID = dataset.SOPClassUID
-    response.AffectedSOPInstanceUID = dataset.SOPInstanceUID
-    response.Status = 0xC000
-    response.ErrorComment = comment
-    message = C_STORE_RSP()
-    message.primitive_to_message(response)
-    [primitive] = message.encode_msg(CONTEXT_ID, 0)
-    expected = P_DATA_TF()
-    expected.from_primitive(primitive)
-
-    assert store_response_pdu(CONTEXT_ID, parsed, 0xC000, comment) == expected.encode()
+    expected = pynetdicom_store_response_pdu(dataset, 7, 0xC000, comment)
+    assert store_response_pdu(CONTEXT_ID, parsed, 0xC000, comment) == expected
 
 
 @pytest.mark.parametrize("sop_instance_uid", ["1.2.3", "1.2.840.113619.2.55.3.604688119.969.1268071029.320"])
