@@ -173,25 +173,28 @@ def read_header(path: Path, contents: bytes | None = None) -> InstanceHeader:
     """
     try:
         dataset, transfer_syntax_uid = _header_elements(path, contents)
+        plain = _has_plain_character_set(dataset)
+        text = functools.partial(_text, dataset, plain=plain)
+        integer = functools.partial(_integer, dataset, plain=plain)
         values = {
-            "sop_class_uid": _text(dataset, "SOPClassUID"),
-            "sop_instance_uid": _text(dataset, "SOPInstanceUID"),
-            "study_instance_uid": _text(dataset, "StudyInstanceUID"),
-            "series_instance_uid": _text(dataset, "SeriesInstanceUID"),
+            "sop_class_uid": text("SOPClassUID"),
+            "sop_instance_uid": text("SOPInstanceUID"),
+            "study_instance_uid": text("StudyInstanceUID"),
+            "series_instance_uid": text("SeriesInstanceUID"),
             "transfer_syntax_uid": transfer_syntax_uid,
-            "modality": _text(dataset, "Modality"),
-            "study_date": _date(_text(dataset, "StudyDate")),
-            "study_time": _time(_text(dataset, "StudyTime")),
-            "accession_number": _text(dataset, "AccessionNumber"),
-            "study_description": _text(dataset, "StudyDescription"),
-            "patient_name": _text(dataset, "PatientName"),
-            "patient_id": _text(dataset, "PatientID"),
-            "patient_birth_date": _date(_text(dataset, "PatientBirthDate")),
-            "patient_sex": _text(dataset, "PatientSex"),
-            "study_id": _text(dataset, "StudyID"),
-            "series_number": _integer(dataset, "SeriesNumber"),
-            "series_description": _text(dataset, "SeriesDescription"),
-            "instance_number": _integer(dataset, "InstanceNumber"),
+            "modality": text("Modality"),
+            "study_date": _date(text("StudyDate")),
+            "study_time": _time(text("StudyTime")),
+            "accession_number": text("AccessionNumber"),
+            "study_description": text("StudyDescription"),
+            "patient_name": text("PatientName"),
+            "patient_id": text("PatientID"),
+            "patient_birth_date": _date(text("PatientBirthDate")),
+            "patient_sex": text("PatientSex"),
+            "study_id": text("StudyID"),
+            "series_number": integer("SeriesNumber"),
+            "series_description": text("SeriesDescription"),
+            "instance_number": integer("InstanceNumber"),
         }
     # pydicom raises many exception types on malformed input (InvalidDicomError,
     # ValueError, EOFError, struct.error, ...); each means the data set is undecodable.
@@ -228,7 +231,7 @@ def _header_elements(path: Path, contents: bytes | None) -> tuple[Dataset, str |
     return Dataset(elements), transfer_syntax_uid
 
 
-def _scanned(data: bytes, *, whole_file: bool):
+def _scanned(data: bytes, *, whole_file: bool) -> tuple[str, dict[BaseTag, RawDataElement]] | None:
     """Return header_scan's result for `data`, or None when pydicom should read it.
 
     A data set without one of the UIDs that every instance needs is
@@ -475,17 +478,18 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _value(dataset, keyword: str):
+def _value(dataset, keyword: str, plain: bool):
     """Return the value of the element `keyword`, or None; looked up by tag, which costs less than by keyword.
 
-    A single value in plain ASCII is decoded here, as pydicom would decode it
+    Where the data set's character set is `plain` (_has_plain_character_set),
+    a single value in plain ASCII is decoded here, as pydicom would decode it
     (to its text, without trailing spaces and NULs): pydicom's conversion
     of an element costs about 10 microseconds, and this runs for every instance.
     """
     tag = _tag_of(keyword)
     raw = dataset.get_item(tag)
     vr = _vr_of(keyword)
-    if isinstance(raw, RawDataElement) and _is_plain_text(raw, vr) and _has_plain_character_set(dataset):
+    if plain and isinstance(raw, RawDataElement) and _is_plain_text(raw, vr):
         text = raw.value.decode("ascii").rstrip(" \0")
         # pydicom's UID also strips other white space, such as a line feed, from both ends.
         return text.strip() if vr == "UI" else text
@@ -528,8 +532,8 @@ def _vr_of(keyword: str) -> str:
     return dictionary_VR(keyword)
 
 
-def _text(dataset, keyword: str) -> str | None:
-    value = _value(dataset, keyword)
+def _text(dataset, keyword: str, *, plain: bool = False) -> str | None:
+    value = _value(dataset, keyword, plain)
     if value is None:
         return None
     # NUL bytes are padding in DICOM, and PostgreSQL cannot store them in text.
@@ -554,10 +558,10 @@ def _time(text: str | None) -> str | None:
     return "".join(part for part in match.groups() if part) if match else text
 
 
-def _integer(dataset, keyword: str) -> int | None:
+def _integer(dataset, keyword: str, *, plain: bool = False) -> int | None:
     """Return an IS element's value, or None when it is empty or not a single integer."""
     try:
-        value = _value(dataset, keyword)
+        value = _value(dataset, keyword, plain)
         return int(value) if value not in (None, "") else None
     except (TypeError, ValueError):
         return None

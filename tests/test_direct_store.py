@@ -312,7 +312,7 @@ def test_pynetdicom_receives_when_its_log_is_on(app, environ, tmp_path, session,
 
 @pytest.mark.parametrize("pynetdicom_log", [False, True], ids=["direct", "pynetdicom"])
 def test_failed_store_has_error_comment(app, environ, tmp_path, session, settings, pynetdicom_log):
-    """A C-STORE failure tells the device why, on dicomd's own receive path and on pynetdicom's."""
+    """A failed C-STORE gives the device its cause as Error Comment, on dicomd's own receive path and on pynetdicom's."""
     add_identity(session, "MODALITY1")
     add_identity(session, "PING1", permitted=["echo"])
     log_path = tmp_path / "dicomd.log"

@@ -238,7 +238,7 @@ def test_index_values_cut_to_column_length():
     ({"StudyDate": "20240229"}, "study_date", "20240229"),
     ({"StudyDate": "1994-11-05"}, "study_date", "1994-11-05"),
 ])
-def test_older_date_and_time_forms_indexed_in_current_form(tmp_path, elements, field, expected):
+def test_older_date_forms_normalized(tmp_path, elements, field, expected):
     header = read_header(modified_copy(tmp_path, **elements))
 
     assert getattr(header, field) == expected
