@@ -32,6 +32,9 @@ class DriverStatement:
     fixed: Mapping[str, Any] = field(default_factory=dict)
     # Parameters whose values a function gives at each execution: column defaults such as the current time.
     computed: Mapping[str, Callable[[], Any]] = field(default_factory=dict)
+    # The names of the columns that the statement returns, and SQLAlchemy's conversions of their values.
+    result_names: tuple[str, ...] = ()
+    result_conversions: tuple[Callable[[Any], Any] | None, ...] = ()
 
     @classmethod
     def compile(cls, statement: Executable, dialect: Dialect, columns: Iterable[str] | None = None) -> DriverStatement:
@@ -64,7 +67,14 @@ class DriverStatement:
         conversions = tuple(
             compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names
         )
-        return cls(compiled.string, names, conversions, compiled.positional, fixed, computed)
+        # A SELECT's columns, or the RETURNING columns of an INSERT or UPDATE.
+        returned = tuple(compiled.statement.exported_columns)
+        result_names = tuple(column.key for column in returned)
+        # The DBAPI type code is not needed by the conversions of the types dicomd reads.
+        result_conversions = tuple(column.type.dialect_impl(dialect).result_processor(dialect, None)
+                                   for column in returned)
+        return cls(compiled.string, names, conversions, compiled.positional, fixed, computed,
+                   result_names, result_conversions)
 
     def execute(self, connection: Connection, values: Mapping[str, Any]):
         """Run the statement with `values` in `connection`'s transaction; return the DBAPI cursor for its rows."""
@@ -76,3 +86,13 @@ class DriverStatement:
         cursor = connection.connection.cursor()
         cursor.execute(self.sql, converted if self.positional else dict(zip(self.names, converted)))
         return cursor
+
+    def first(self, connection: Connection, values: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Run the statement and return its first row as a dict of converted values, or None without rows."""
+        row = self.execute(connection, values).fetchone()
+        if row is None:
+            return None
+        return {
+            name: convert(value) if convert is not None else value
+            for name, convert, value in zip(self.result_names, self.result_conversions, row)
+        }

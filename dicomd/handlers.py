@@ -586,6 +586,11 @@ class ListenerHandlers:
         received A-ABORT from the association's own thread, in either order. So
         the record is closed here only if no abort or release arrives soon after.
         """
+        with self._lock:
+            finished = event.assoc not in self._states and event.assoc not in self._connections
+        if finished:
+            # Released or aborted already: a timer thread for each association would only find nothing to do.
+            return
         timer = threading.Timer(CONN_CLOSE_SETTLE_SECONDS, self._finish, args=(event,), kwargs={"aborted": False})
         timer.daemon = True
         timer.start()

@@ -6,6 +6,7 @@ worker, so several workers accept on the same port.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import socket
@@ -247,6 +248,12 @@ def run_worker(spec: WorkerSpec) -> None:
         start_server(ae, listener, recorder, settings, tls, limits=spec.limits, worker_number=spec.number)
         for listener in spec.listeners
     ]
+    # Each association creates thousands of short-lived objects, and the
+    # collections they set off walked every object the libraries hold for
+    # the process's life: about 1 ms of CPU per C-ECHO association. Frozen,
+    # those objects are left out of every collection.
+    gc.collect()
+    gc.freeze()
     log.info("worker %d ready", spec.number)
     spec.ready.set()
 
