@@ -15,6 +15,11 @@ thread, and its status goes back as one P-DATA-TF PDU. The temporary file
 has the layout pynetdicom writes (preamble, File Meta Information, data
 set), so the handler is the same for both paths.
 
+A C-ECHO request on the Verification context is answered the same way,
+because a device that checks its connection before each study opens an
+association for a single C-ECHO, and pynetdicom's path was most of the
+time that took.
+
 Everything else stays with pynetdicom: association negotiation, release,
 abort, and every other DIMSE message. A request takes this path only
 when it starts a new message, its command set arrives whole in the first
@@ -45,17 +50,25 @@ CONTROL_LAST = 0x02
 
 C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
+C_ECHO_RQ = 0x0030
+C_ECHO_RSP = 0x8030
 # Command Data Set Type: no data set follows (PS3.7 E.1).
 NO_DATA_SET = 0x0101
 
 TAG_AFFECTED_SOP_CLASS_UID = 0x00000002
 TAG_COMMAND_FIELD = 0x00000100
 TAG_MESSAGE_ID = 0x00000110
+TAG_MESSAGE_ID_BEING_RESPONDED_TO = 0x00000120
 TAG_COMMAND_DATA_SET_TYPE = 0x00000800
+TAG_STATUS = 0x00000900
 TAG_AFFECTED_SOP_INSTANCE_UID = 0x00001000
 
 # pynetdicom responds with 0xC211 when its store handler raises an exception, and so does this path.
 STATUS_HANDLER_ERROR = 0xC211
+# pynetdicom responds with success when its C-ECHO handler raises; this path responds with processing failure.
+STATUS_PROCESSING_FAILURE = 0x0110
+
+VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
 
 # Received files up to this size are also kept in memory until they are stored.
 MAX_KEPT_BYTES = 256 * 1024
@@ -95,6 +108,8 @@ class StoreCommand:
 # The store handler: the presentation context, the command and the received
 # Part 10 file. It returns the status of the C-STORE response.
 StoreHandler = Callable[[object, StoreCommand, ReceivedFile], int]
+# The C-ECHO handler returns the status of the C-ECHO response.
+EchoHandler = Callable[[], int]
 
 
 def split_pdvs(body: memoryview) -> list[tuple[int, int, memoryview]]:
@@ -113,8 +128,8 @@ def split_pdvs(body: memoryview) -> list[tuple[int, int, memoryview]]:
     return items
 
 
-def parse_store_command(encoded: memoryview) -> StoreCommand | None:
-    """Return the C-STORE-RQ in an encoded command set, or None for any other or an undecodable command."""
+def _command_elements(encoded: memoryview) -> dict[int, memoryview] | None:
+    """Split an encoded command set into its elements by element number, or return None if it does not parse."""
     elements: dict[int, memoryview] = {}
     offset = 0
     end = len(encoded)
@@ -127,7 +142,14 @@ def parse_store_command(encoded: memoryview) -> StoreCommand | None:
             return None
         elements[element] = encoded[offset:offset + length]
         offset += length
+    return elements
 
+
+def parse_store_command(encoded: memoryview) -> StoreCommand | None:
+    """Return the C-STORE-RQ in an encoded command set, or None for any other or an undecodable command."""
+    elements = _command_elements(encoded)
+    if elements is None:
+        return None
     try:
         if _US.unpack(elements[TAG_COMMAND_FIELD])[0] != C_STORE_RQ:
             return None
@@ -143,6 +165,34 @@ def parse_store_command(encoded: memoryview) -> StoreCommand | None:
     return StoreCommand(message_id, sop_class, sop_instance)
 
 
+@dataclass(frozen=True)
+class EchoCommand:
+    """The elements of a C-ECHO-RQ command set that the response repeats."""
+
+    message_id: int
+    # The raw value, padded to even length.
+    sop_class_uid_value: bytes
+
+
+def parse_echo_command(encoded: memoryview) -> EchoCommand | None:
+    """Return the C-ECHO-RQ in an encoded command set, or None for any other or an undecodable command."""
+    elements = _command_elements(encoded)
+    if elements is None:
+        return None
+    try:
+        if _US.unpack(elements[TAG_COMMAND_FIELD])[0] != C_ECHO_RQ:
+            return None
+        if _US.unpack(elements[TAG_COMMAND_DATA_SET_TYPE])[0] != NO_DATA_SET:
+            return None
+        message_id = _US.unpack(elements[TAG_MESSAGE_ID])[0]
+        sop_class = bytes(elements[TAG_AFFECTED_SOP_CLASS_UID])
+    except (KeyError, struct.error):
+        return None
+    if not sop_class or len(sop_class) % 2:
+        return None
+    return EchoCommand(message_id, sop_class)
+
+
 def store_response_pdu(context_id: int, command: StoreCommand, status: int, error_comment: str | None = None) -> bytes:
     """Encode the C-STORE-RSP for `command` with `status`, and an Error Comment if given, as one P-DATA-TF PDU.
 
@@ -152,15 +202,31 @@ def store_response_pdu(context_id: int, command: StoreCommand, status: int, erro
     if error_comment:
         encoded = error_comment.encode("ascii")
         comment = _element(0x00000902, encoded + b" " * (len(encoded) % 2))
-    elements = b"".join((
+    return _response_pdu(context_id, (
         _element(TAG_AFFECTED_SOP_CLASS_UID, command.sop_class_uid_value),
         _element(TAG_COMMAND_FIELD, _US.pack(C_STORE_RSP)),
-        _element(0x00000120, _US.pack(command.message_id)),
+        _element(TAG_MESSAGE_ID_BEING_RESPONDED_TO, _US.pack(command.message_id)),
         _element(TAG_COMMAND_DATA_SET_TYPE, _US.pack(NO_DATA_SET)),
-        _element(0x00000900, _US.pack(status)),
+        _element(TAG_STATUS, _US.pack(status)),
         comment,
         _element(TAG_AFFECTED_SOP_INSTANCE_UID, command.sop_instance_uid_value),
     ))
+
+
+def echo_response_pdu(context_id: int, command: EchoCommand, status: int) -> bytes:
+    """Encode the C-ECHO-RSP for `command` with `status` as one P-DATA-TF PDU."""
+    return _response_pdu(context_id, (
+        _element(TAG_AFFECTED_SOP_CLASS_UID, command.sop_class_uid_value),
+        _element(TAG_COMMAND_FIELD, _US.pack(C_ECHO_RSP)),
+        _element(TAG_MESSAGE_ID_BEING_RESPONDED_TO, _US.pack(command.message_id)),
+        _element(TAG_COMMAND_DATA_SET_TYPE, _US.pack(NO_DATA_SET)),
+        _element(TAG_STATUS, _US.pack(status)),
+    ))
+
+
+def _response_pdu(context_id: int, encoded_elements: tuple[bytes, ...]) -> bytes:
+    """Wrap a response's encoded elements, in tag order, into a command set in one P-DATA-TF PDU."""
+    elements = b"".join(encoded_elements)
     command_set = _element(0x00000000, struct.pack("<L", len(elements))) + elements
     item_length = 2 + len(command_set)
     return (

@@ -260,10 +260,11 @@ class ListenerHandlers:
             self._states[assoc] = state
         if isinstance(assoc.dul, WakingDUL) and _config.LOG_HANDLER_LEVEL == "none":
             # With pynetdicom's log handlers on, requests take its path so that they are logged.
-            assoc.dul.receive_stores_directly(
+            assoc.dul.receive_requests_directly(
                 lambda context, command, received: self.store_received(
                     state, command.sop_class_uid, command.sop_instance_uid, received,
                 ),
+                lambda: self.echo_received(state),
                 on_interrupted=lambda sop_instance_uid, received_bytes, cause: self._record_failure(
                     state, REASON_TRANSFER_INTERRUPTED,
                     f"{REASON_TRANSFER_INTERRUPTED}: SOP instance {sop_instance_uid} after {received_bytes} bytes "
@@ -315,7 +316,10 @@ class ListenerHandlers:
         state = self._state(event)
         if state is None:
             return STATUS_PROCESSING_FAILURE
+        return self.echo_received(state)
 
+    def echo_received(self, state: AssociationState) -> int:
+        """Return the status for a C-ECHO request on the association of `state`; see handle_echo."""
         if not self._permits(state, "echo"):
             return self._refuse(state, "echo")
 

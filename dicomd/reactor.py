@@ -58,10 +58,15 @@ from dicomd.direct_store import (
     MIN_PEER_PDU_BYTES,
     P_DATA_TF,
     STATUS_HANDLER_ERROR,
+    STATUS_PROCESSING_FAILURE,
+    VERIFICATION_SOP_CLASS,
+    EchoHandler,
     MalformedPDU,
     ReceivingInstance,
     StoreHandler,
+    echo_response_pdu,
     is_storage_request,
+    parse_echo_command,
     parse_store_command,
     split_pdvs,
     new_receiving_file,
@@ -97,8 +102,9 @@ class WakingDUL(DULServiceProvider):
         self._stopping = False
         # Whether the next round reads the connection first when primitives are also queued.
         self._read_turn = False
-        # Set once the association is accepted: see receive_stores_directly.
+        # Set once the association is accepted: see receive_requests_directly.
         self._store_handler: StoreHandler | None = None
+        self._echo_handler: EchoHandler | None = None
         self._on_interrupted = None
         # The association's name in log lines, set when it is accepted; until then, the peer address.
         self._description: str | None = None
@@ -138,16 +144,19 @@ class WakingDUL(DULServiceProvider):
                 # The timeout only bounds a missed notification.
                 self._sent.wait(IDLE_WAIT_SECONDS)
 
-    def receive_stores_directly(self, handler: StoreHandler, *, on_interrupted, description: str) -> None:
-        """Receive C-STORE requests in this thread from now on and respond to each with `handler`'s status.
+    def receive_requests_directly(self, store_handler: StoreHandler, echo_handler: EchoHandler, *,
+                                  on_interrupted, description: str) -> None:
+        """Receive C-STORE and C-ECHO requests in this thread from now on, and respond with the handlers' statuses.
 
-        `handler` gets the presentation context, the request's command and
-        the received Part 10 file, which is closed or removed after it returns.
-        `on_interrupted(sop_instance_uid, received_bytes, cause)` is called when
-        the association ends while a data set is arriving, after its file is
-        removed. `description` names the association in log lines.
+        `store_handler` gets the presentation context, the request's command
+        and the received Part 10 file, which is closed or removed after it
+        returns. `echo_handler` takes no arguments. `on_interrupted(sop_instance_uid,
+        received_bytes, cause)` is called when the association ends while a
+        data set is arriving, after its file is removed. `description` names
+        the association in log lines.
         """
-        self._store_handler = handler
+        self._store_handler = store_handler
+        self._echo_handler = echo_handler
         self._on_interrupted = on_interrupted
         self._description = description
 
@@ -266,9 +275,14 @@ class WakingDUL(DULServiceProvider):
         self._recv_pdu.put(pdu)
 
     def _receive_directly(self, body: memoryview) -> bool:
-        """Take a P-DATA-TF PDU that starts or continues a direct C-STORE; return False to leave it to pynetdicom."""
+        """Take a P-DATA-TF PDU that starts or continues a direct C-STORE, or is a C-ECHO; return False to leave it to pynetdicom."""
         if self._receiving is None:
-            values = self._start_receiving(body)
+            values = self._new_message(body)
+            if values is None:
+                return False
+            if self._answer_echo(values):
+                return True
+            values = self._start_receiving(values)
             if values is None:
                 return False
         else:
@@ -291,17 +305,24 @@ class WakingDUL(DULServiceProvider):
                 self._complete_store()
         return True
 
-    def _start_receiving(self, body: memoryview) -> list | None:
-        """Start receiving the C-STORE request that begins `body`; return the values after its command, or None."""
+    def _new_message(self, body: memoryview) -> list | None:
+        """Return the values of a PDU that starts a new message with its whole command set, if nothing else is in progress."""
         if not self._may_start_directly():
             return None
         try:
             values = split_pdvs(body)
         except MalformedPDU:
             return None
-        context_id, control, fragment = values[0]
+        if not values:
+            return None
+        _, control, _ = values[0]
         if control & (CONTROL_COMMAND | CONTROL_LAST) != CONTROL_COMMAND | CONTROL_LAST:
             return None
+        return values
+
+    def _start_receiving(self, values: list) -> list | None:
+        """Start receiving the C-STORE request whose command is the first of `values`; return the values after it, or None."""
+        context_id, _, fragment = values[0]
         command = parse_store_command(fragment)
         context = self.assoc._accepted_cx.get(context_id)
         if command is None or context is None or not is_storage_request(command):
@@ -312,6 +333,26 @@ class WakingDUL(DULServiceProvider):
             log.exception("%s: creating the file for an incoming data set failed", self._label())
             return None
         return values[1:]
+
+    def _answer_echo(self, values: list) -> bool:
+        """Respond to values that are only a C-ECHO request on the Verification context; return whether it did."""
+        if len(values) != 1:
+            return False
+        context_id, _, fragment = values[0]
+        command = parse_echo_command(fragment)
+        context = self.assoc._accepted_cx.get(context_id)
+        if command is None or context is None or context.abstract_syntax != VERIFICATION_SOP_CLASS:
+            return False
+
+        try:
+            status = int(self._echo_handler())
+        except Exception:
+            log.exception("%s: the C-ECHO handler failed", self._label())
+            status = STATUS_PROCESSING_FAILURE
+        self._idle_timer.restart()
+        if self.state_machine.current_state == "Sta6" and not self.assoc.is_aborted:
+            self.socket.send(echo_response_pdu(context_id, command, status))
+        return True
 
     def _may_start_directly(self) -> bool:
         """Return whether nothing else is in progress on the association, so a new message may take the direct path."""

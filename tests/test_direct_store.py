@@ -15,14 +15,16 @@ from pydicom import dcmread
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, SecondaryCaptureImageStorage
-from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ, C_STORE_RSP
+from pynetdicom.dimse_messages import C_ECHO_RQ, C_ECHO_RSP, C_STORE_RQ, C_STORE_RSP
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dsutils import create_file_meta, decode, encode
 from pynetdicom.pdu import P_DATA_TF
 
 from dicomd.direct_store import (
     MalformedPDU,
+    echo_response_pdu,
     file_meta_information,
+    parse_echo_command,
     parse_store_command,
     split_pdvs,
     store_response_pdu,
@@ -159,6 +161,83 @@ def test_store_response_with_error_comment_is_pynetdicom_encoding(comment):
 
     expected = pynetdicom_store_response_pdu(dataset, 7, 0xC000, comment)
     assert store_response_pdu(CONTEXT_ID, parsed, 0xC000, comment) == expected
+
+
+def test_echo_command_parsed_as_pynetdicom_encodes_it():
+    [(control, command)] = echo_request_values(message_id=300)
+
+    parsed = parse_echo_command(memoryview(command))
+
+    assert control == COMMAND_LAST
+    assert parsed.message_id == 300
+    assert parsed.sop_class_uid_value == b"1.2.840.10008.1.1\0"
+
+
+def test_other_commands_not_parsed_as_echo():
+    [(_, echo)] = echo_request_values(message_id=1)
+    [(_, store), _] = store_request_values(make_instance(1024), message_id=2)
+
+    assert parse_echo_command(memoryview(store)) is None
+    assert parse_echo_command(memoryview(echo[:-4])) is None
+    assert parse_echo_command(memoryview(b"\x00\x00\x00\x00\xff\xff\xff\xff")) is None
+    assert parse_echo_command(memoryview(b"")) is None
+
+
+@pytest.mark.parametrize("status", [0x0000, 0x0124, 0x0110])
+def test_echo_response_is_pynetdicom_encoding(status):
+    [(_, command)] = echo_request_values(message_id=65535)
+    response = C_ECHO()
+    response.MessageIDBeingRespondedTo = 65535
+    response.AffectedSOPClassUID = "1.2.840.10008.1.1"
+    response.Status = status
+    message = C_ECHO_RSP()
+    message.primitive_to_message(response)
+    [primitive] = message.encode_msg(CONTEXT_ID, 0)
+    pdu = P_DATA_TF()
+    pdu.from_primitive(primitive)
+
+    assert echo_response_pdu(CONTEXT_ID, parse_echo_command(memoryview(command)), status) == pdu.encode()
+
+
+@pytest.mark.parametrize(("ae_title", "permitted", "status", "operations"), [
+    ("PING1", ["echo"], 0x0000, {"echo": 2}),
+    ("STORE1", ["store"], 0x0124, {"echo_not_permitted": 2}),
+], ids=["permitted", "not-permitted"])
+def test_echo_on_raw_association(dicomd, session, ae_title, permitted, status, operations):
+    add_identity(session, ae_title, permitted=permitted)
+    connection = socket.create_connection(("127.0.0.1", dicomd.port), timeout=WAIT_SECONDS)
+    connection.sendall(association_request_pdu(ae_title.encode()))
+    assert read_pdu(connection)[:1] == b"\x02"
+
+    responses = []
+    for message_id in (1, 2):
+        connection.sendall(pdu_of(echo_request_values(message_id)))
+        responses.append(response_command(read_pdu(connection)))
+    connection.sendall(b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00")
+    assert read_pdu(connection)[:1] == b"\x06"
+    connection.close()
+
+    assert [r.MessageIDBeingRespondedTo for r in responses] == [1, 2]
+    assert [r.Status for r in responses] == [status, status]
+    assert [r.CommandField for r in responses] == [0x8030, 0x8030]
+    [row] = wait_for_end(session)
+    assert row.operations == operations
+    assert row.reason == (None if status == 0x0000 else "operation_not_permitted")
+
+
+def test_empty_pdu_before_echo(dicomd, session):
+    add_identity(session, "PING1", permitted=["echo"])
+    connection = socket.create_connection(("127.0.0.1", dicomd.port), timeout=WAIT_SECONDS)
+    connection.sendall(association_request_pdu(b"PING1"))
+    assert read_pdu(connection)[:1] == b"\x02"
+
+    connection.sendall(pdu_of([]))
+    connection.sendall(pdu_of(echo_request_values(message_id=9)))
+    response = response_command(read_pdu(connection))
+    connection.close()
+
+    assert response.MessageIDBeingRespondedTo == 9
+    assert response.Status == 0x0000
 
 
 @pytest.mark.parametrize("sop_instance_uid", ["1.2.3", "1.2.840.113619.2.55.3.604688119.969.1268071029.320"])
