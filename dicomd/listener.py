@@ -14,6 +14,7 @@ import ssl
 import tempfile
 import threading
 import time
+from socketserver import ThreadingMixIn
 from dataclasses import dataclass
 from multiprocessing.synchronize import Event as ProcessEvent
 
@@ -153,6 +154,12 @@ class InheritedSocketServer(ThreadedAssociationServer):
         connection.settimeout(self.ae.network_timeout)
         return connection, address
 
+    def process_request(self, request: socket.socket, client_address) -> None:
+        # Creating and starting the association's threads is all that
+        # pynetdicom's handler does, so it runs here, in the accepting thread,
+        # instead of in one more thread per connection.
+        self.process_request_thread(request, client_address)
+
     def shutdown_request(self, request) -> None:
         # pynetdicom (3.0.4) calls this when no A-ASSOCIATE-RQ arrives within
         # the ACSE timeout, and then emits no EVT_CONN_CLOSE for the connection.
@@ -180,6 +187,10 @@ class TLSSocketServer(InheritedSocketServer):
         self.tls = tls
         self.recorder = recorder
         super().__init__(*args, **kwargs)
+
+    # The handshake runs in a thread of its own for each connection, so that
+    # a slow or silent peer holds up no other connection.
+    process_request = ThreadingMixIn.process_request
 
     def process_request_thread(self, request: socket.socket, client_address) -> None:
         try:
