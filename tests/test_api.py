@@ -361,6 +361,10 @@ def test_associations_keyset_pages(app, api):
         ("identity_id=x", "identity_id"),
         ("since=yesterday", "since"),
         ("until=2026-13-01", "until"),
+        ("outcome=bogus", "outcome"),
+        ("outcome=Accepted", "outcome"),
+        ("reason=nonsense", "reason"),
+        ("transport=carrier-pigeon", "transport"),
     ],
 )
 def test_associations_invalid_query(api, query, parameter):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from portal.api.payloads import MAX_ID
 from portal.identities.service import MAX_NAME_LENGTH, OPERATION_NAMES
+from portal.usage.reasons import REASONS
+from portal.usage.routes import OUTCOMES, TRANSPORTS
 
 JSON = "application/json"
 PROBLEM = "application/problem+json"
@@ -118,7 +120,7 @@ SCHEMAS = {
             "peer_port": _nullable("integer"),
             "transport": {"type": "string", "description": "plain or tls"},
             "local_port": _nullable("integer"),
-            "outcome": {"type": "string", "description": "accepted or rejected"},
+            "outcome": {"type": "string", "description": "accepted, rejected or aborted"},
             "reason": _nullable("string", description="Why it was rejected or failed, for example tls_required."),
             "detail": _nullable("string"),
             "operations": {"type": "object", "additionalProperties": {"type": "integer"},
@@ -247,9 +249,9 @@ PATHS = {
                 _query("after", {"type": "integer", "minimum": 1, "maximum": MAX_ID},
                        "Cursor: only entries with a smaller id, as in `next`."),
                 _query("identity_id", {"type": "integer", "minimum": 1, "maximum": MAX_ID}, "Only this identity."),
-                _query("outcome", {"type": "string"}, "accepted or rejected."),
-                _query("reason", {"type": "string"}, "For example unknown_calling_ae."),
-                _query("transport", {"type": "string"}, "plain or tls."),
+                _query("outcome", {"type": "string", "enum": OUTCOMES}, "Only this outcome."),
+                _query("reason", {"type": "string", "enum": sorted(REASONS)}, "Only this recorded reason."),
+                _query("transport", {"type": "string", "enum": TRANSPORTS}, "Only this listener."),
                 _query("peer_address", {"type": "string"}, "Exact peer IP address."),
                 _query("since", {"type": "string", "format": "date-time"},
                        "Started at or after this ISO 8601 time; UTC when no offset is given."),

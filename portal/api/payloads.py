@@ -109,6 +109,15 @@ def query_int(name: str, errors: dict, *, minimum: int = 1, maximum: int = MAX_I
     return number
 
 
+def query_choice(name: str, allowed: list[str], errors: dict) -> str | None:
+    """Return the query parameter `name` if it is one of `allowed`; note an error for any other value."""
+    value = request.args.get(name)
+    if value is not None and value not in allowed:
+        errors[name] = f"invalid {name} {value!r}: use one of {', '.join(allowed)}"
+        return None
+    return value
+
+
 def query_datetime(name: str, errors: dict) -> datetime | None:
     """Parse an ISO 8601 timestamp; one without a time zone is taken as UTC."""
     value = request.args.get(name)

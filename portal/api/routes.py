@@ -18,6 +18,7 @@ from portal.api.payloads import (
     identity_fields,
     json_object,
     query_bool,
+    query_choice,
     query_datetime,
     query_int,
     raise_query_errors,
@@ -26,6 +27,7 @@ from portal.api.problems import TYPE_NOT_FOUND, Problem, http_exception_response
 from portal.extensions import db
 from portal.identities.service import IdentityValidationError, create_identity, update_identity
 from portal.models import Association, DicomIdentity, Permission
+from portal.usage.routes import filter_options
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +175,8 @@ def associations():
     identity_id = query_int("identity_id", errors)
     since = query_datetime("since", errors)
     until = query_datetime("until", errors)
+    for name, allowed in filter_options().items():
+        query_choice(name, allowed, errors)
     raise_query_errors(errors)
 
     # Newest first by id, which only grows, so a page boundary never moves
