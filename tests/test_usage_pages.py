@@ -73,6 +73,8 @@ def test_usage_periods_and_operations(app, admin_client, echo):
     assert [cell.split("</td>")[0] for cell in store_row.split("<td>")[1:]] == ["3", "5", "5", "5"]
     rejected_row = periods.split("<th>Associations rejected</th>")[1].split("</tr>")[0]
     assert [cell.split("</td>")[0] for cell in rejected_row.split("<td>")[1:]] == ["1", "1", "1", "1"]
+    # dicomd counts a refused or failed request under its operation too.
+    assert "Request counts include requests that were refused as not permitted or failed" in page
 
 
 def test_usage_chart_is_server_side_svg(app, admin_client, echo):
