@@ -15,10 +15,9 @@ thread, and its status goes back as one P-DATA-TF PDU. The temporary file
 has the layout pynetdicom writes (preamble, File Meta Information, data
 set), so the handler is the same for both paths.
 
-A C-ECHO request on the Verification context is answered the same way,
-because a device that checks its connection before each study opens an
-association for a single C-ECHO, and pynetdicom's path was most of the
-time that took.
+A C-ECHO request on the Verification context takes the same path. A
+device that checks its connection before each study opens an association
+for a single C-ECHO, and pynetdicom's path was most of that association's time.
 
 Everything else stays with pynetdicom: association negotiation, release,
 abort, and every other DIMSE message. A request takes this path only
@@ -65,7 +64,7 @@ TAG_AFFECTED_SOP_INSTANCE_UID = 0x00001000
 
 # pynetdicom responds with 0xC211 when its store handler raises an exception, and so does this path.
 STATUS_HANDLER_ERROR = 0xC211
-# pynetdicom responds with success when its C-ECHO handler raises; this path responds with processing failure.
+# pynetdicom responds with success when its C-ECHO handler raises, but this path responds with processing failure.
 STATUS_PROCESSING_FAILURE = 0x0110
 
 VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
@@ -103,6 +102,15 @@ class StoreCommand:
     @property
     def sop_instance_uid(self) -> str:
         return self.sop_instance_uid_value.rstrip(b"\0 ").decode("ascii")
+
+
+@dataclass(frozen=True)
+class EchoCommand:
+    """The elements of a C-ECHO-RQ command set that the response repeats."""
+
+    message_id: int
+    # The raw value, padded to even length.
+    sop_class_uid_value: bytes
 
 
 # The store handler: the presentation context, the command and the received
@@ -145,52 +153,44 @@ def _command_elements(encoded: memoryview) -> dict[int, memoryview] | None:
     return elements
 
 
-def parse_store_command(encoded: memoryview) -> StoreCommand | None:
-    """Return the C-STORE-RQ in an encoded command set, or None for any other or an undecodable command."""
+def parse_command(encoded: memoryview) -> StoreCommand | EchoCommand | None:
+    """Return the C-STORE-RQ or C-ECHO-RQ in an encoded command set, or None for any other or an undecodable command."""
     elements = _command_elements(encoded)
     if elements is None:
         return None
     try:
-        if _US.unpack(elements[TAG_COMMAND_FIELD])[0] != C_STORE_RQ:
-            return None
-        if _US.unpack(elements[TAG_COMMAND_DATA_SET_TYPE])[0] == NO_DATA_SET:
-            return None
+        command_field = _US.unpack(elements[TAG_COMMAND_FIELD])[0]
+        has_data_set = _US.unpack(elements[TAG_COMMAND_DATA_SET_TYPE])[0] != NO_DATA_SET
         message_id = _US.unpack(elements[TAG_MESSAGE_ID])[0]
         sop_class = bytes(elements[TAG_AFFECTED_SOP_CLASS_UID])
-        sop_instance = bytes(elements[TAG_AFFECTED_SOP_INSTANCE_UID])
+        if command_field == C_STORE_RQ and has_data_set:
+            sop_instance = bytes(elements[TAG_AFFECTED_SOP_INSTANCE_UID])
+        elif command_field == C_ECHO_RQ and not has_data_set:
+            sop_instance = None
+        else:
+            return None
     except (KeyError, struct.error):
         return None
-    if not sop_class or not sop_instance or len(sop_class) % 2 or len(sop_instance) % 2:
+
+    if not sop_class or len(sop_class) % 2:
+        return None
+    if sop_instance is None:
+        return EchoCommand(message_id, sop_class)
+    if not sop_instance or len(sop_instance) % 2:
         return None
     return StoreCommand(message_id, sop_class, sop_instance)
 
 
-@dataclass(frozen=True)
-class EchoCommand:
-    """The elements of a C-ECHO-RQ command set that the response repeats."""
-
-    message_id: int
-    # The raw value, padded to even length.
-    sop_class_uid_value: bytes
+def parse_store_command(encoded: memoryview) -> StoreCommand | None:
+    """Return the C-STORE-RQ in an encoded command set, or None for any other or an undecodable command."""
+    command = parse_command(encoded)
+    return command if isinstance(command, StoreCommand) else None
 
 
 def parse_echo_command(encoded: memoryview) -> EchoCommand | None:
     """Return the C-ECHO-RQ in an encoded command set, or None for any other or an undecodable command."""
-    elements = _command_elements(encoded)
-    if elements is None:
-        return None
-    try:
-        if _US.unpack(elements[TAG_COMMAND_FIELD])[0] != C_ECHO_RQ:
-            return None
-        if _US.unpack(elements[TAG_COMMAND_DATA_SET_TYPE])[0] != NO_DATA_SET:
-            return None
-        message_id = _US.unpack(elements[TAG_MESSAGE_ID])[0]
-        sop_class = bytes(elements[TAG_AFFECTED_SOP_CLASS_UID])
-    except (KeyError, struct.error):
-        return None
-    if not sop_class or len(sop_class) % 2:
-        return None
-    return EchoCommand(message_id, sop_class)
+    command = parse_command(encoded)
+    return command if isinstance(command, EchoCommand) else None
 
 
 def store_response_pdu(context_id: int, command: StoreCommand, status: int, error_comment: str | None = None) -> bytes:

@@ -14,9 +14,9 @@ import ssl
 import tempfile
 import threading
 import time
-from socketserver import ThreadingMixIn
 from dataclasses import dataclass
 from multiprocessing.synchronize import Event as ProcessEvent
+from socketserver import ThreadingMixIn
 
 from pydicom import uid
 import pydicom.config

@@ -60,14 +60,15 @@ from dicomd.direct_store import (
     STATUS_HANDLER_ERROR,
     STATUS_PROCESSING_FAILURE,
     VERIFICATION_SOP_CLASS,
+    EchoCommand,
     EchoHandler,
     MalformedPDU,
     ReceivingInstance,
+    StoreCommand,
     StoreHandler,
     echo_response_pdu,
     is_storage_request,
-    parse_echo_command,
-    parse_store_command,
+    parse_command,
     split_pdvs,
     new_receiving_file,
     store_response_pdu,
@@ -280,9 +281,13 @@ class WakingDUL(DULServiceProvider):
             values = self._new_message(body)
             if values is None:
                 return False
-            if self._answer_echo(values):
-                return True
-            values = self._start_receiving(values)
+            # The command set is parsed once, for either kind of request.
+            command = parse_command(values[0][2])
+            if isinstance(command, EchoCommand):
+                return self._answer_echo(values, command)
+            if command is None:
+                return False
+            values = self._start_receiving(values, command)
             if values is None:
                 return False
         else:
@@ -320,12 +325,11 @@ class WakingDUL(DULServiceProvider):
             return None
         return values
 
-    def _start_receiving(self, values: list) -> list | None:
-        """Start receiving the C-STORE request whose command is the first of `values`; return the values after it, or None."""
-        context_id, _, fragment = values[0]
-        command = parse_store_command(fragment)
+    def _start_receiving(self, values: list, command: StoreCommand) -> list | None:
+        """Start receiving the C-STORE request `command`, the first of `values`; return the values after it, or None."""
+        context_id = values[0][0]
         context = self.assoc._accepted_cx.get(context_id)
-        if command is None or context is None or not is_storage_request(command):
+        if context is None or not is_storage_request(command):
             return None
         try:
             self._receiving = ReceivingInstance(context, command, new_receiving_file())
@@ -334,14 +338,16 @@ class WakingDUL(DULServiceProvider):
             return None
         return values[1:]
 
-    def _answer_echo(self, values: list) -> bool:
-        """Respond to values that are only a C-ECHO request on the Verification context; return whether it did."""
+    def _answer_echo(self, values: list, command: EchoCommand) -> bool:
+        """Respond to the C-ECHO request `command` if it is all of `values` and on the Verification context.
+
+        Returns False, to leave the request to pynetdicom, otherwise.
+        """
         if len(values) != 1:
             return False
-        context_id, _, fragment = values[0]
-        command = parse_echo_command(fragment)
+        context_id = values[0][0]
         context = self.assoc._accepted_cx.get(context_id)
-        if command is None or context is None or context.abstract_syntax != VERIFICATION_SOP_CLASS:
+        if context is None or context.abstract_syntax != VERIFICATION_SOP_CLASS:
             return False
 
         try:

@@ -55,6 +55,13 @@ def commit_flush_settings(engine) -> list[str]:
     return seen
 
 
+def open_association(recorder: UsageRecorder, policy: IdentityPolicy | None, peer: Peer = PLAIN_PEER,
+                     rejection: Rejection | None = None) -> int:
+    """Record an association request from CATHLAB1 to PACS and return its row id."""
+    return recorder.record_request(calling_ae_title="CATHLAB1", called_ae_title="PACS", peer=peer,
+                                   identity=policy, rejection=rejection)
+
+
 def stored_instance(uid: str) -> StoredInstance:
     header = InstanceHeader(
         sop_class_uid="1.2.840.10008.5.1.4.1.1.3.1", sop_instance_uid=uid, study_instance_uid="2.25.71",
@@ -82,8 +89,7 @@ def test_log_commits_skip_flush_index_commits_flush(engine, recorder, identity):
     commits = commit_flush_settings(engine)
     policy = recorder.load_identity("CATHLAB1")
 
-    association_id = recorder.record_request(calling_ae_title="CATHLAB1", called_ae_title="PACS", peer=PLAIN_PEER,
-                                             identity=policy, rejection=None)
+    association_id = open_association(recorder, policy)
     recorder.record_instance(association_id=association_id, identity_id=identity.id,
                              stored=stored_instance("2.25.73"))
     recorder.record_end(association_id, operations={"store": 1}, aborted=False)
@@ -105,21 +111,20 @@ def test_failed_log_transaction_restores_flush(engine, recorder, identity):
     missing_identity = IdentityPolicy(**{**policy.__dict__, "identity_id": 999_999})
 
     with pytest.raises(Exception):
-        recorder.record_request(calling_ae_title="CATHLAB1", called_ae_title="PACS", peer=PLAIN_PEER,
-                                identity=missing_identity, rejection=None)
+        open_association(recorder, missing_identity)
 
     commits = commit_flush_settings(engine)
-    recorder.record_instance(association_id=recorder.record_request(
-        calling_ae_title="CATHLAB1", called_ae_title="PACS", peer=PLAIN_PEER, identity=policy, rejection=None,
-    ), identity_id=identity.id, stored=stored_instance("2.25.74"))
+    association_id = open_association(recorder, policy)
+    recorder.record_instance(association_id=association_id, identity_id=identity.id,
+                             stored=stored_instance("2.25.74"))
+
     assert commits == ["no flush", "flush"]
 
 
 def test_request_and_end_rows_counted(engine, recorder, identity):
     policy = recorder.load_identity("CATHLAB1")
 
-    association_id = recorder.record_request(calling_ae_title="CATHLAB1", called_ae_title="PACS", peer=TLS_PEER,
-                                             identity=policy, rejection=None)
+    association_id = open_association(recorder, policy, peer=TLS_PEER)
     started = association_row(engine, association_id)
     assert started.outcome == "accepted"
     assert started.ended_at is None
@@ -144,8 +149,7 @@ def test_rejected_request_closed_and_counted(engine, recorder, identity):
     rejection = Rejection(reason=RejectReason.TLS_REQUIRED, result=1, source=1, diagnostic=1,
                           detail="the identity requires TLS")
 
-    association_id = recorder.record_request(calling_ae_title="CATHLAB1", called_ae_title="PACS", peer=PLAIN_PEER,
-                                             identity=policy, rejection=rejection)
+    association_id = open_association(recorder, policy, rejection=rejection)
 
     row = association_row(engine, association_id)
     assert (row.outcome, row.reason, row.detail) == ("rejected", "tls_required", "the identity requires TLS")
@@ -156,8 +160,7 @@ def test_rejected_request_closed_and_counted(engine, recorder, identity):
 
 def test_end_after_identity_deleted(engine, session, recorder, identity):
     policy = recorder.load_identity("CATHLAB1")
-    association_id = recorder.record_request(calling_ae_title="CATHLAB1", called_ae_title="PACS", peer=PLAIN_PEER,
-                                             identity=policy, rejection=None)
+    association_id = open_association(recorder, policy)
     session.delete(session.get(DicomIdentity, identity.id))
     session.commit()
 
@@ -196,7 +199,6 @@ def test_identity_read_sees_changes(session, recorder, identity):
 
 def test_start_time_is_now(engine, recorder, identity):
     before = datetime.now(timezone.utc)
-    association_id = recorder.record_request(calling_ae_title="CATHLAB1", called_ae_title="PACS", peer=PLAIN_PEER,
-                                             identity=recorder.load_identity("CATHLAB1"), rejection=None)
+    association_id = open_association(recorder, recorder.load_identity("CATHLAB1"))
     started_at = association_row(engine, association_id).started_at
     assert before <= started_at <= datetime.now(timezone.utc)
