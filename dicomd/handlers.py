@@ -23,6 +23,7 @@ from pynetdicom.status import STATUS_FAILURE, STORAGE_SERVICE_CLASS_STATUS
 from sqlalchemy.orm import Session
 
 from dicomd import commitment, policy, query, retrieve
+from dicomd.group_commit import IndexNotFlushed
 from dicomd.limits import AssociationLimits, LimitExceeded
 from dicomd.policy import IdentityPolicy, RejectReason, Rejection, Transport
 from dicomd.reactor import WakingDUL
@@ -381,17 +382,18 @@ class ListenerHandlers:
                 identity_id=state.identity.identity_id,
                 stored=stored,
             )
-        except Exception:
+        except Exception as error:
             # An instance is acknowledged only with its index rows. The file
             # this request placed is removed again, and the failure status
             # makes the device send it later. A file that was already there
-            # (a duplicate) is kept, because another request may have indexed it.
+            # (a duplicate) is kept, because another request may have indexed
+            # it, and so is one whose rows were committed but not flushed.
             log.exception("%s: indexing %s failed", state, stored.relative_path)
             state.operations["store_failed"] += 1
             # NOTE: another association may store the same instance at this
             # moment, find this file, index it as a duplicate and acknowledge
             # it. Its acknowledged copy is then removed here.
-            if not stored.duplicate:
+            if not stored.duplicate and not isinstance(error, IndexNotFlushed):
                 self._remove_unindexed(state, stored.relative_path)
             return _status_with_error_comment(STATUS_OUT_OF_RESOURCES, "indexing the instance failed; send it again")
 

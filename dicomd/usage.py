@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import date, datetime
 from types import SimpleNamespace
@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Dialect, Engine, bindparam, insert, select, u
 from sqlalchemy.orm import Session
 
 from dicomd.driver_sql import DriverStatement
-from dicomd.group_commit import GroupCommit
+from dicomd.group_commit import GroupCommit, commit_unflushed
 from dicomd.policy import IdentityPolicy, RejectReason, Rejection, Transport
 from dicomd.retrieve import RemoteAE
 from dicomd.storage import StoredInstance
@@ -274,28 +274,17 @@ class UsageRecorder:
         Every association writes its row when it starts and when it ends, and
         a commit that waits for the disk's flush added about 0.5 ms to each.
         A power loss may therefore lose the newest rows of the log. It never
-        loses one that an instance's index row refers to, because the commit
-        of an index row waits for the flush of the database's log, and so for
-        everything committed before it.
+        loses one that an instance's index row refers to, because an index
+        write returns only after the database's log is flushed, and with it
+        everything committed before.
         """
         with self.engine.connect() as connection:
             dialect = connection.dialect.name
-            if dialect == "sqlite":
-                # The setting belongs to the connection, which goes back to the pool afterwards.
-                connection.connection.cursor().execute("PRAGMA synchronous=NORMAL")
-            try:
-                with connection.begin():
-                    if dialect == "postgresql":
-                        connection.connection.cursor().execute("SET LOCAL synchronous_commit TO OFF")
-                    yield connection
-            finally:
-                if dialect == "sqlite":
-                    try:
-                        connection.connection.cursor().execute("PRAGMA synchronous=FULL")
-                    except Exception:
-                        # A connection that might commit without flushing must not serve index writes.
-                        connection.invalidate()
-                        raise
+            unflushed = commit_unflushed(connection) if dialect == "sqlite" else nullcontext()
+            with unflushed, connection.begin():
+                if dialect == "postgresql":
+                    connection.connection.cursor().execute("SET LOCAL synchronous_commit TO OFF")
+                yield connection
 
     def _upsert_study(self, connection: Connection, statements: IndexStatements, identity_id: int,
                       stored: StoredInstance, now: datetime) -> int:

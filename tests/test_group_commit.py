@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import os
 import threading
 import time
 
@@ -137,4 +140,70 @@ def test_sqlite_writers_share_lock_file(engine, tmp_path):
 def test_no_lock_file_for_postgresql():
     engine = create_engine("postgresql+psycopg://pacs@127.0.0.1:1/pacs")
 
-    assert GroupCommit(engine)._lock_path is None
+    group = GroupCommit(engine)
+
+    assert group._lock_path is None
+    # PostgreSQL's commit waits for its own log flush.
+    assert group._log_path is None
+
+
+def note_lock_and_flush(monkeypatch) -> list[str]:
+    """Collect the lock file's locks and unlocks and the fdatasync calls, in order, as they happen."""
+    calls = []
+    flock, fdatasync = fcntl.flock, os.fdatasync
+
+    def noting_flock(descriptor, operation):
+        calls.append({fcntl.LOCK_EX: "lock", fcntl.LOCK_UN: "unlock"}[operation])
+        flock(descriptor, operation)
+
+    def noting_fdatasync(descriptor):
+        calls.append(f"fdatasync {os.path.basename(os.readlink(f'/proc/self/fd/{descriptor}'))}")
+        fdatasync(descriptor)
+
+    monkeypatch.setattr(fcntl, "flock", noting_flock)
+    monkeypatch.setattr(os, "fdatasync", noting_fdatasync)
+    return calls
+
+
+def synchronous_settings(engine) -> set[int]:
+    """Return the `PRAGMA synchronous` value of every connection in the pool (2 is FULL)."""
+    connections = [engine.connect() for _ in range(max(engine.pool.checkedin(), 1))]
+    try:
+        return {connection.exec_driver_sql("PRAGMA synchronous").scalar() for connection in connections}
+    finally:
+        for connection in connections:
+            connection.close()
+
+
+def test_sqlite_log_flushed_after_unlock(engine, monkeypatch):
+    calls = note_lock_and_flush(monkeypatch)
+    commit_settings = []
+    event.listen(engine, "commit", lambda connection: commit_settings.append(
+        connection.exec_driver_sql("PRAGMA synchronous").scalar()))
+
+    GroupCommit(engine).write(insert_row("one"))
+
+    # The commit itself does not wait for the disk (NORMAL); the write-ahead log is
+    # flushed once the next writer may take its turn.
+    assert commit_settings == [1]
+    assert calls == ["lock", "unlock", "fdatasync index.db-wal"]
+    assert stored_names(engine) == {"one"}
+    assert synchronous_settings(engine) == {2}
+
+
+def test_failed_flush_fails_whole_batch(engine, monkeypatch):
+    def failing_fdatasync(descriptor):
+        raise OSError(errno.EIO, "Input/output error")
+
+    writers = Writers(GroupCommit(engine))
+    writers.start_first("first")
+    writers.start_waiting("second", insert_row("second"))
+    writers.start_waiting("third", insert_row("third"))
+    monkeypatch.setattr(os, "fdatasync", failing_fdatasync)
+
+    outcomes = writers.finish()
+
+    # The rows are committed, so they are not written again one by one.
+    assert outcomes == {"first": "IndexNotFlushed", "second": "IndexNotFlushed", "third": "IndexNotFlushed"}
+    assert stored_names(engine) == {"first", "second", "third"}
+    assert len(engine.commits) == 2
