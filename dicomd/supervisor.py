@@ -105,16 +105,22 @@ def prepare_tls(settings: Settings) -> TlsFiles:
 
 def bind_listener(host: str, port: int, transport: Transport) -> ListenerSocket:
     """Bind and listen on `host`:`port`; raise StartupError when that fails."""
+    port_setting = "DICOM_TLS_PORT" if transport is Transport.TLS else "DICOM_PORT"
+    return ListenerSocket(transport=transport, socket=listen(host, port, f"DICOM_HOST and {port_setting}"))
+
+
+def listen(host: str, port: int, settings_to_change: str) -> socket.socket:
+    """Return a socket listening on `host`:`port`; raise StartupError, naming `settings_to_change`, when that fails."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        listening = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)
+        return socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)
     except OSError as error:
-        port_setting = "DICOM_TLS_PORT" if transport is Transport.TLS else "DICOM_PORT"
+        # create_server adds the address to strerror, which the message names already.
+        reason = os.strerror(error.errno) if error.errno else str(error)
         raise StartupError(
-            f"cannot listen on {host}:{port}: {error.strerror or error}; "
-            f"stop the program using that port or set DICOM_HOST and {port_setting}"
+            f"cannot listen on {host}:{port}: {reason}; "
+            f"stop the program using that port or set {settings_to_change}"
         ) from error
-    return ListenerSocket(transport=transport, socket=listening)
 
 
 class Supervisor:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from flask_migrate import upgrade
 
+from dicomd.supervisor import StartupError, listen
 from portal import ROOT, create_app
 from portal.extensions import db
 from portal.settings import Settings, SettingsError
@@ -36,6 +37,14 @@ def main() -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
+    # Checked before the first administrator's password is created and shown,
+    # so that a start that cannot listen shows only the error.
+    try:
+        check_ports_free(settings)
+    except StartupError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
     password = prepare_database(settings)
     print_welcome(settings, password)
 
@@ -47,6 +56,17 @@ def main() -> int:
         "dicomd": [str(bin_dir / "dicomd"), "run"],
     }
     return supervise(commands)
+
+
+def check_ports_free(settings: Settings) -> None:
+    """Raise StartupError, naming the settings to change, when a port of the portal or dicomd is taken."""
+    ports = [
+        (settings.portal_host, settings.portal_port, "PORTAL_HOST and PORTAL_PORT"),
+        (settings.dicom_host, settings.dicom_port, "DICOM_HOST and DICOM_PORT"),
+        (settings.dicom_host, settings.dicom_tls_port, "DICOM_HOST and DICOM_TLS_PORT"),
+    ]
+    for host, port, settings_to_change in ports:
+        listen(host, port, settings_to_change).close()
 
 
 def prepare_database(settings: Settings) -> str | None:

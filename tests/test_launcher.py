@@ -1,6 +1,10 @@
-"""The welcome lines that `make run` prints."""
+"""What `make run` prints: the welcome lines, or the error when a port is taken."""
 
-from portal.launcher import print_welcome
+import socket
+
+import pytest
+
+from portal.launcher import main, print_welcome
 from portal.settings import Settings
 
 
@@ -33,3 +37,29 @@ def test_welcome_without_password_file(tmp_path, capsys):
     output = capsys.readouterr().out
     assert "Sign in with an existing administrator account." in output
     assert "initial-admin-password" not in output
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("port_setting", ["PORTAL_PORT", "DICOM_PORT", "DICOM_TLS_PORT"])
+def test_port_in_use_stops_before_welcome(tmp_path, monkeypatch, capsys, port_setting):
+    ports = {name: str(free_port()) for name in ["PORTAL_PORT", "DICOM_PORT", "DICOM_TLS_PORT"]}
+    for name, value in {"DATA_DIR": str(tmp_path), "PORTAL_HOST": "127.0.0.1", "DICOM_HOST": "127.0.0.1",
+                        **ports}.items():
+        monkeypatch.setenv(name, value)
+    occupant = socket.create_server(("127.0.0.1", int(ports[port_setting])))
+
+    with occupant:
+        status = main()
+
+    output = capsys.readouterr()
+    assert status == 2
+    assert f"error: cannot listen on 127.0.0.1:{ports[port_setting]}" in output.err
+    assert f"or set {port_setting.split('_')[0]}_HOST and {port_setting}" in output.err
+    # No administrator was created, and no password shown.
+    assert output.out == ""
+    assert not (tmp_path / "initial-admin-password").exists()
