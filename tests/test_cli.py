@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -235,3 +236,6 @@ def test_command_help_on_empty_database(tmp_path):
 
     assert result.returncode == 0
     assert "Create a DICOM identity." in result.stdout
+    # Both options that create requires are marked so.
+    assert re.search(r"--ae-title TEXT\s+AE title[^\[]*\[required\]", result.stdout)
+    assert re.search(r"--name TEXT\s+Display name[^\[]*\[required\]", result.stdout)

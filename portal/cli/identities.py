@@ -45,10 +45,10 @@ class OperationList(click.ParamType):
             self.fail(str(error), param, ctx)
 
 
-def identity_options(command):
-    """Add the options shared by `identity create` and `identity update`."""
+def identity_options(*, name_required: bool):
+    """Return a decorator that adds the options shared by `identity create` and `identity update`."""
     options = [
-        click.option("--name", help="Display name shown throughout the portal."),
+        click.option("--name", required=name_required, help="Display name shown throughout the portal."),
         click.option("--allow-anonymous-tls/--no-allow-anonymous-tls", default=None,
                      help="Accept TLS connections without a client certificate."),
         click.option("--require-tls/--no-require-tls", default=None,
@@ -62,9 +62,13 @@ def identity_options(command):
         click.option("--allow-from", help="Comma-separated source addresses or CIDR ranges the device may "
                                           "connect from, such as 10.1.4.0/24,fd00::/64; \"\" allows any address."),
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+
+    def add_options(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return add_options
 
 
 def _changes(name, allow_anonymous_tls, require_tls, disabled, permit, retrieve_host, retrieve_port,
@@ -102,12 +106,10 @@ def identity():
 
 @identity.command("create")
 @click.option("--ae-title", required=True, help="AE title the device calls with (at most 16 characters).")
-@identity_options
+@identity_options(name_required=True)
 @with_appcontext
 def create(ae_title, name, **options):
     """Create a DICOM identity."""
-    if name is None:
-        raise click.UsageError("Missing option '--name'.")
     changes = _changes(name, **options)
     try:
         created = create_identity(db.session, ae_title=ae_title, **changes)
@@ -122,7 +124,7 @@ def create(ae_title, name, **options):
 @identity.command("update")
 @click.argument("ae_title")
 @click.option("--ae-title", "new_ae_title", help="New AE title.")
-@identity_options
+@identity_options(name_required=False)
 @with_appcontext
 def update(ae_title, new_ae_title, name, **options):
     """Change the settings of the identity with AE_TITLE."""
