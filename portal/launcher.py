@@ -48,14 +48,21 @@ def main() -> int:
     password = prepare_database(settings)
     print_welcome(settings, password)
 
+    return supervise(child_commands(settings))
+
+
+def child_commands(settings: Settings) -> dict[str, list[str]]:
+    """Return the command lines of the portal (gunicorn) and dicomd."""
     bin_dir = Path(sys.executable).parent
     portal_bind = f"[{settings.portal_host}]" if ":" in settings.portal_host else settings.portal_host
-    commands = {
+    return {
+        # gunicorn's control socket defaults to one path per user, which a
+        # second portal of the same user would take over. This one is stopped
+        # by signals, so it needs none.
         "portal": [str(bin_dir / "gunicorn"), "--bind", f"{portal_bind}:{settings.portal_port}",
-                   "--workers", "2", "--access-logfile", "-", "wsgi:app"],
+                   "--workers", "2", "--access-logfile", "-", "--no-control-socket", "wsgi:app"],
         "dicomd": [str(bin_dir / "dicomd"), "run"],
     }
-    return supervise(commands)
 
 
 def check_ports_free(settings: Settings) -> None:

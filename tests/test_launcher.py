@@ -4,7 +4,7 @@ import socket
 
 import pytest
 
-from portal.launcher import main, print_welcome
+from portal.launcher import child_commands, main, print_welcome
 from portal.settings import Settings
 
 
@@ -63,3 +63,12 @@ def test_port_in_use_stops_before_welcome(tmp_path, monkeypatch, capsys, port_se
     # No administrator was created, and no password shown.
     assert output.out == ""
     assert not (tmp_path / "initial-admin-password").exists()
+
+
+def test_portal_without_shared_control_socket(tmp_path):
+    settings = Settings.from_env({"DATA_DIR": str(tmp_path), "PORTAL_HOST": "::1", "PORTAL_PORT": "8081"})
+
+    portal = child_commands(settings)["portal"]
+
+    assert portal[portal.index("--bind") + 1] == "[::1]:8081"
+    assert "--no-control-socket" in portal
