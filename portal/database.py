@@ -61,9 +61,9 @@ def _sqlite_on_connect(dbapi_connection, connection_record) -> None:
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA foreign_keys=ON")
     # FULL fsyncs the write-ahead log at each commit. With NORMAL a power loss
-    # could undo the index rows of instances already acknowledged, leaving
-    # their files unindexed. In the ingest benchmark's one-association
-    # workload, FULL and NORMAL were within run-to-run noise of each other.
+    # could undo commits that were already reported as done. dicomd's index
+    # writes switch to NORMAL for their commit and fdatasync the log
+    # themselves afterwards (dicomd.group_commit).
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.close()
 
