@@ -10,6 +10,7 @@ elements needed for the path and the index are decoded.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
@@ -155,14 +156,14 @@ def is_valid_uid(value: str) -> bool:
     return all(_UID_COMPONENT.fullmatch(component) for component in value.split("."))
 
 
-def instance_path(storage_dir: Path, header: InstanceHeader) -> Path:
-    """Return the final path of an instance; the header's UIDs must be validated first."""
-    return (
-        storage_dir
-        / header.study_instance_uid
-        / header.series_instance_uid
-        / f"{header.sop_instance_uid}.dcm"
-    )
+def relative_instance_path(header: InstanceHeader) -> str:
+    """Return an instance's path below the storage directory; the header's UIDs must be validated first.
+
+    Plain strings rather than pathlib, because this and the other path steps
+    run for every instance, and pathlib's objects cost about a tenth of the
+    store handler's Python time in a profile of 64 KB instances.
+    """
+    return f"{header.study_instance_uid}/{header.series_instance_uid}/{header.sop_instance_uid}.dcm"
 
 
 def read_header(path: Path, contents: bytes | None = None) -> InstanceHeader:
@@ -283,14 +284,16 @@ def store_instance(
             f"requested {expected_sop_instance_uid}"
         )
 
-    final_path = instance_path(storage_dir, header)
-    relative_path = final_path.relative_to(storage_dir).as_posix()
+    relative_path = relative_instance_path(header)
+    # Normalized, so that _make_dirs recognises it among the final path's parents.
+    storage = os.path.normpath(storage_dir)
+    final_path = os.path.join(storage, relative_path)
     size_bytes = len(contents) if contents is not None else os.stat(path).st_size
-    if final_path.exists():
+    if os.path.exists(final_path):
         return StoredInstance(header, relative_path, size_bytes, duplicate=True)
 
     try:
-        duplicate = _write_durably(source, final_path, storage_dir)
+        duplicate = _write_durably(source, final_path, storage)
     except OSError as error:
         raise StorageFailed(f"writing {relative_path} failed: {error}") from error
     return StoredInstance(header, relative_path, size_bytes, duplicate=duplicate)
@@ -346,7 +349,7 @@ def _remove_leftovers(directory: Path) -> None:
             leftover.unlink()
 
 
-def _write_durably(source: Path | ReceivedFile, final_path: Path, storage_dir: Path) -> bool:
+def _write_durably(source: Path | ReceivedFile, final_path: str, storage_dir: str) -> bool:
     """Write `source` to `final_path` through an fsynced temporary file.
 
     A received file already is that temporary file, on the same file
@@ -354,7 +357,8 @@ def _write_durably(source: Path | ReceivedFile, final_path: Path, storage_dir: P
     source is copied first. Returns True when another writer placed the
     same instance first, in which case its copy is kept.
     """
-    created_dirs = _make_dirs(final_path.parent, storage_dir)
+    directory = os.path.dirname(final_path)
+    created_dirs = _make_dirs(directory, storage_dir)
     if isinstance(source, ReceivedFile):
         _fsync_file(source.path)
         # The link leaves the received file to its receiver, which removes or closes it after the handler returns.
@@ -362,33 +366,33 @@ def _write_durably(source: Path | ReceivedFile, final_path: Path, storage_dir: P
             duplicate = _link_unnamed(source.path, final_path)
         else:
             duplicate = _place(source.path, final_path)
-        _fsync_placed(final_path, created_dirs)
+        _fsync_placed(directory, created_dirs)
         return duplicate
 
-    temp_fd, temp_name = tempfile.mkstemp(dir=final_path.parent, prefix=".", suffix=".tmp")
-    temp_path = Path(temp_name)
+    temp_fd, temp_name = tempfile.mkstemp(dir=directory, prefix=".", suffix=".tmp")
     try:
         with os.fdopen(temp_fd, "wb") as target, source.open("rb") as received:
             shutil.copyfileobj(received, target, COPY_BUFFER_BYTES)
             target.flush()
             os.fsync(target.fileno())
 
-        duplicate = _place(temp_path, final_path)
-        _fsync_placed(final_path, created_dirs)
+        duplicate = _place(temp_name, final_path)
+        _fsync_placed(directory, created_dirs)
     finally:
-        temp_path.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp_name)
     return duplicate
 
 
-def _fsync_placed(final_path: Path, created_dirs: list[Path]) -> None:
+def _fsync_placed(directory: str, created_dirs: list[str]) -> None:
     """Fsync the directory of a newly placed file and the parents of the directories created for it."""
-    _fsync_dir(final_path.parent)
+    _fsync_dir(directory)
     # A new directory entry is durable only once its parent directory is fsynced.
-    for directory in created_dirs:
-        _fsync_dir(directory.parent)
+    for created in created_dirs:
+        _fsync_dir(os.path.dirname(created))
 
 
-def _place(temp_path: Path, final_path: Path) -> bool:
+def _place(temp_path: str | Path, final_path: str) -> bool:
     """Move the temporary file to its final path without replacing an existing file.
 
     A hard link fails when the final path exists, so a concurrent copy of the
@@ -404,39 +408,40 @@ def _place(temp_path: Path, final_path: Path) -> bool:
         # NOTE: on file systems without hard links, two workers storing the same
         # instance at once may replace one copy with the other. Both copies are
         # the same instance and neither is ever partial.
-        if final_path.exists():
+        if os.path.exists(final_path):
             return True
         os.replace(temp_path, final_path)
     return False
 
 
-def _link_unnamed(path: Path, final_path: Path) -> bool:
+def _link_unnamed(path: Path, final_path: str) -> bool:
     """Give the unnamed file open at `path` (/proc/self/fd/N) its final name; return True when the name existed.
 
     os.link() without directory descriptors calls link(2), which would link
     the /proc entry itself and fail. With them it calls linkat(2) with
     AT_SYMLINK_FOLLOW, which links the open file.
     """
-    directory = os.open(final_path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    directory, name = os.path.split(final_path)
+    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.link(path, final_path.name, src_dir_fd=directory, dst_dir_fd=directory)
+        os.link(path, name, src_dir_fd=descriptor, dst_dir_fd=descriptor)
     except FileExistsError:
         return True
     finally:
-        os.close(directory)
+        os.close(descriptor)
     return False
 
 
-def _make_dirs(directory: Path, storage_dir: Path) -> list[Path]:
+def _make_dirs(directory: str, storage_dir: str) -> list[str]:
     """Create `directory` and its missing parents below `storage_dir`; return those created."""
     missing = []
     current = directory
-    while current != storage_dir and not current.exists():
+    while current and current != storage_dir and not os.path.exists(current):
         missing.append(current)
-        current = current.parent
+        current = os.path.dirname(current)
     for path in reversed(missing):
         try:
-            path.mkdir()
+            os.mkdir(path)
         except FileExistsError:
             pass
     return list(reversed(missing))
@@ -462,7 +467,7 @@ def _is_incoming(source: Path, storage_dir: Path) -> bool:
     return os.path.commonpath([os.path.abspath(source), incoming]) == incoming
 
 
-def _fsync_file(path: Path) -> None:
+def _fsync_file(path: str | Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -470,7 +475,7 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(directory: Path) -> None:
+def _fsync_dir(directory: str | Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
