@@ -141,7 +141,7 @@ class GroupCommit:
         is on disk already. SQLite (wal.c) syncs the log, copies it into the
         database file and syncs that file before the log starts again from
         its beginning, and deletes the log only after such a checkpoint.
-        That holds as long as no connection to the database sets synchronous=OFF.
+        This is true only while no connection to the database uses synchronous=OFF.
         """
         if self._log_path is None:
             return

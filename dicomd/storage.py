@@ -364,9 +364,10 @@ def _write_durably(source: Path | ReceivedFile, final_path: str, storage_dir: st
         # The link leaves the received file to its receiver, which removes or closes it after the handler returns.
         if source.unnamed:
             duplicate = _link_unnamed(source.path, final_path)
+            _fsync_parents(created_dirs)
         else:
             duplicate = _place(source.path, final_path)
-        _fsync_placed(directory, created_dirs)
+            _fsync_placed(directory, created_dirs)
         return duplicate
 
     temp_fd, temp_name = tempfile.mkstemp(dir=directory, prefix=".", suffix=".tmp")
@@ -387,7 +388,11 @@ def _write_durably(source: Path | ReceivedFile, final_path: str, storage_dir: st
 def _fsync_placed(directory: str, created_dirs: list[str]) -> None:
     """Fsync the directory of a newly placed file and the parents of the directories created for it."""
     _fsync_dir(directory)
-    # A new directory entry is durable only once its parent directory is fsynced.
+    _fsync_parents(created_dirs)
+
+
+def _fsync_parents(created_dirs: list[str]) -> None:
+    """Fsync the parent of each directory created for a file, because a new entry is durable only then."""
     for created in created_dirs:
         _fsync_dir(os.path.dirname(created))
 
@@ -415,8 +420,10 @@ def _place(temp_path: str | Path, final_path: str) -> bool:
 
 
 def _link_unnamed(path: Path, final_path: str) -> bool:
-    """Give the unnamed file open at `path` (/proc/self/fd/N) its final name; return True when the name existed.
+    """Give the unnamed file open at `path` (/proc/self/fd/N) its final name and fsync its directory.
 
+    Returns True when the name existed. The directory is fsynced in that
+    case too, so that the other writer's entry is durable before the status.
     os.link() without directory descriptors calls link(2), which would link
     the /proc entry itself and fail. With them it calls linkat(2) with
     AT_SYMLINK_FOLLOW, which links the open file.
@@ -424,12 +431,15 @@ def _link_unnamed(path: Path, final_path: str) -> bool:
     directory, name = os.path.split(final_path)
     descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.link(path, name, src_dir_fd=descriptor, dst_dir_fd=descriptor)
-    except FileExistsError:
-        return True
+        try:
+            os.link(path, name, src_dir_fd=descriptor, dst_dir_fd=descriptor)
+            existed = False
+        except FileExistsError:
+            existed = True
+        os.fsync(descriptor)
     finally:
         os.close(descriptor)
-    return False
+    return existed
 
 
 def _make_dirs(directory: str, storage_dir: str) -> list[str]:

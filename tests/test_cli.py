@@ -236,6 +236,6 @@ def test_command_help_on_empty_database(tmp_path):
 
     assert result.returncode == 0
     assert "Create a DICOM identity." in result.stdout
-    # Both options that create requires are marked so.
+    # Both required options are marked as required.
     assert re.search(r"--ae-title TEXT\s+AE title[^\[]*\[required\]", result.stdout)
     assert re.search(r"--name TEXT\s+Display name[^\[]*\[required\]", result.stdout)

@@ -183,8 +183,8 @@ def test_sqlite_log_flushed_after_unlock(engine, monkeypatch):
 
     GroupCommit(engine).write(insert_row("one"))
 
-    # The commit itself does not wait for the disk (NORMAL); the write-ahead log is
-    # flushed once the next writer may take its turn.
+    # The commit itself does not wait for the disk (NORMAL). The write-ahead
+    # log is flushed after the lock is released, so the next writer need not wait.
     assert commit_settings == [1]
     assert calls == ["lock", "unlock", "fdatasync index.db-wal"]
     assert stored_names(engine) == {"one"}

@@ -6,6 +6,7 @@ import pytest
 
 from portal.launcher import child_commands, main, print_welcome
 from portal.settings import Settings
+from tests.conftest import free_port
 
 
 def test_welcome_shows_new_password_once(tmp_path, capsys):
@@ -37,12 +38,6 @@ def test_welcome_without_password_file(tmp_path, capsys):
     output = capsys.readouterr().out
     assert "Sign in with an existing administrator account." in output
     assert "initial-admin-password" not in output
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.mark.parametrize("port_setting", ["PORTAL_PORT", "DICOM_PORT", "DICOM_TLS_PORT"])
