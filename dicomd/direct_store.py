@@ -306,7 +306,9 @@ class ReceivingInstance:
         self.context = context
         self.command = command
         self.file = file
-        self.received = ReceivedFile(Path(file.name), unnamed=file.unnamed)
+        self.received = ReceivedFile(
+            file.name, unnamed=file.unnamed, descriptor=file.fileno() if file.unnamed else None,
+        )
         self.data_set_bytes = 0
         # A copy of a small file, so that the handler decodes the header from memory.
         self.contents: bytearray | None = bytearray()

@@ -16,7 +16,9 @@ the transaction commits without waiting for the disk (synchronous=NORMAL),
 and the writer then fdatasyncs the write-ahead log itself, after the lock is
 released. The next writer's statements run during that flush, and the
 flushes of different writers can overlap. A request still returns only once
-its rows are on disk.
+its rows are on disk. The writer keeps one connection for these
+transactions, instead of taking one from the pool and setting it to
+synchronous=NORMAL and back for each.
 """
 
 from __future__ import annotations
@@ -65,6 +67,8 @@ class GroupCommit:
         self._lock_path = _lock_path(engine)
         self._lock_file: int | None = None
         self._log_path = f"{engine.url.database}-wal" if self._lock_path else None
+        # SQLite only: the connection that commits without flushing, used by one writer at a time.
+        self._unflushed_connection: Connection | None = None
 
     def write(self, statements: Callable[[Connection], None]) -> None:
         """Run `statements(connection)` in a transaction and return once it is committed.
@@ -131,8 +135,43 @@ class GroupCommit:
             with self.engine.begin() as connection:
                 yield connection
             return
-        with self.engine.connect() as connection, commit_unflushed(connection), connection.begin():
-            yield connection
+        connection = self._connection_committing_unflushed()
+        try:
+            with connection.begin():
+                yield connection
+        except BaseException:
+            # An error such as a failed disk write may leave the connection unusable; the next transaction gets a new one.
+            self._close_connection()
+            raise
+
+    def _connection_committing_unflushed(self) -> Connection:
+        if self._unflushed_connection is None:
+            connection = self.engine.connect()
+            # Detached, the connection is closed, not returned to the pool, when
+            # it is closed or collected: other writers must not get synchronous=NORMAL.
+            connection.detach()
+            try:
+                connection.connection.cursor().execute("PRAGMA synchronous=NORMAL")
+            except BaseException:
+                connection.close()
+                raise
+            self._unflushed_connection = connection
+        return self._unflushed_connection
+
+    def _close_connection(self) -> None:
+        connection, self._unflushed_connection = self._unflushed_connection, None
+        if connection is not None:
+            connection.close()
+
+    def close(self) -> None:
+        """Close the connection and the lock file this writer keeps; a later write opens them again."""
+        with self._condition:
+            while self._writing:
+                self._condition.wait()
+            self._close_connection()
+            if self._lock_file is not None:
+                os.close(self._lock_file)
+                self._lock_file = None
 
     def _flush_log(self) -> None:
         """Make every committed transaction durable: fdatasync SQLite's write-ahead log.

@@ -281,6 +281,7 @@ def run_worker(spec: WorkerSpec) -> None:
     for server in servers:
         server.shutdown()
     finish_associations(ae, settings.dicomd_stop_grace_seconds)
+    recorder.close()
     engine.dispose()
     log.info("worker %d stopped", spec.number)
 

@@ -132,11 +132,13 @@ class ReceivedFile:
     directory for every instance costs directory writes, which an unnamed file saves.
     """
 
-    path: Path
+    path: str | Path
     unnamed: bool = False
     # The whole file, when the receiver kept a small one in memory as well:
     # its header is then decoded without reading the file back.
     contents: bytes | None = None
+    # The descriptor an unnamed file's receiver keeps open, which fsync uses instead of opening the file again.
+    descriptor: int | None = None
 
 
 @dataclass(frozen=True)
@@ -360,7 +362,10 @@ def _write_durably(source: Path | ReceivedFile, final_path: str, storage_dir: st
     directory = os.path.dirname(final_path)
     created_dirs = _make_dirs(directory, storage_dir)
     if isinstance(source, ReceivedFile):
-        _fsync_file(source.path)
+        if source.descriptor is not None:
+            os.fsync(source.descriptor)
+        else:
+            _fsync_file(source.path)
         # The link leaves the received file to its receiver, which removes or closes it after the handler returns.
         if source.unnamed:
             duplicate = _link_unnamed(source.path, final_path)

@@ -56,16 +56,25 @@ def fit_text(column, value):
     one, has up to five components), and PostgreSQL rejects an overlong value
     where SQLite would store it.
     """
-    length = getattr(column.type, "length", None)
+    return _cut(value, getattr(column.type, "length", None))
+
+
+def fitted_values(model, **values) -> dict:
+    """Return `values` for a `model` row with every text value cut to its column's length."""
+    lengths = _column_lengths(model)
+    return {name: _cut(value, lengths[name]) for name, value in values.items()}
+
+
+def _cut(value, length: int | None):
     if isinstance(value, str) and length is not None and len(value) > length:
         return value[:length]
     return value
 
 
-def fitted_values(model, **values) -> dict:
-    """Return `values` for a `model` row with every text value cut to its column's length."""
-    columns = model.__table__.columns
-    return {name: fit_text(columns[name], value) for name, value in values.items()}
+@functools.cache
+def _column_lengths(model) -> dict[str, int | None]:
+    """Return the length of each of `model`'s columns: None where a column's values have none."""
+    return {column.key: getattr(column.type, "length", None) for column in model.__table__.columns}
 
 
 def fitted(model, **values):
@@ -89,6 +98,10 @@ class UsageRecorder:
     def __init__(self, engine: Engine):
         self.engine = engine
         self._index_writes = GroupCommit(engine)
+
+    def close(self) -> None:
+        """Close the connection that index writes keep; call it before disposing of the engine."""
+        self._index_writes.close()
 
     def load_identity(self, calling_ae_title: str) -> IdentityPolicy | None:
         """Read the identity registered for `calling_ae_title` now, so that portal changes apply at once.

@@ -131,6 +131,42 @@ def test_failing_write_fails_alone(engine):
     assert stored_names(engine) == {"first", "before", "after"}
 
 
+def test_writer_connection_stays_out_of_pool(engine):
+    group = GroupCommit(engine)
+    group.write(insert_row("one"))
+    connection = group._unflushed_connection
+    group.write(insert_row("two"))
+
+    # One connection for both transactions, which never went back to the pool.
+    assert group._unflushed_connection is connection
+    assert synchronous_settings(engine) == {2}
+
+    group.close()
+    group.write(insert_row("after close"))
+    group.close()
+
+    assert stored_names(engine) == {"one", "two", "after close"}
+    # Closed, the connection did not go back to the pool either.
+    assert synchronous_settings(engine) == {2}
+
+
+def test_writer_connection_replaced_after_failure(engine):
+    def failing(connection):
+        connection.execute(insert(rows).values(name=None))
+
+    group = GroupCommit(engine)
+    group.write(insert_row("before"))
+    first_connection = group._unflushed_connection
+    with pytest.raises(Exception, match="NOT NULL"):
+        group.write(failing)
+    group.write(insert_row("after"))
+
+    assert group._unflushed_connection is not first_connection
+    assert first_connection.closed
+    assert stored_names(engine) == {"before", "after"}
+    group.close()
+
+
 def test_sqlite_writers_share_lock_file(engine, tmp_path):
     GroupCommit(engine).write(insert_row("one"))
 

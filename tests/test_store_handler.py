@@ -31,7 +31,9 @@ def recorder(engine, session) -> UsageRecorder:
     create_identity(session, name="Cath lab", ae_title="CATHLAB1", permitted=["store"],
                     allowed_networks=["127.0.0.0/8"])
     session.commit()
-    return UsageRecorder(engine)
+    recorder = UsageRecorder(engine)
+    yield recorder
+    recorder.close()
 
 
 @pytest.fixture

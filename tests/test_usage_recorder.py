@@ -36,7 +36,9 @@ def identity(session) -> DicomIdentity:
 
 @pytest.fixture
 def recorder(engine) -> UsageRecorder:
-    return UsageRecorder(engine)
+    recorder = UsageRecorder(engine)
+    yield recorder
+    recorder.close()
 
 
 def commit_flush_settings(engine, monkeypatch=None) -> list[str]:
