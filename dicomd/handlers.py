@@ -111,6 +111,12 @@ QR_MODELS = {
 # Seconds to wait for the N-ACTION response to go out before sending the
 # storage commitment report on the same association.
 COMMITMENT_RESPONSE_WAIT_SECONDS = 10
+# Seconds between the N-ACTION response and a report on the same association.
+# A device that releases the association right after the response would
+# otherwise often get the report while it releases, which some devices,
+# pynetdicom 3.0 among them, fail on. A release in this time sends the
+# report over a new association.
+COMMITMENT_REPORT_DELAY_SECONDS = 0.5
 
 # The maximum number of P-DATA primitives waiting to be sent when handle_find builds
 # its next pending response. A response is at least two primitives (command and data set).
@@ -802,15 +808,17 @@ class ListenerHandlers:
         transaction = result.information.TransactionUID
         try:
             if assoc.is_established:
-                status, _ = assoc.send_n_event_report(
+                status = assoc.send_event_report(
                     result.information, result.event_type,
                     commitment.STORAGE_COMMITMENT_PUSH_MODEL, commitment.STORAGE_COMMITMENT_INSTANCE_UID,
+                    delay_seconds=COMMITMENT_REPORT_DELAY_SECONDS,
                 )
-                if "Status" in status:
+                if status is not None and "Status" in status:
                     log.info("%s: storage commitment report %s sent, status 0x%04X",
                              state, transaction, status.Status)
                     return
-                log.warning("%s: the storage commitment report %s got no response; sending it on a new association",
+                log.warning("%s: the storage commitment report %s got no response on the association, which the "
+                            "device released or aborted, or which timed out; sending it on a new association",
                             state, transaction)
             self._send_report_on_new_association(assoc.ae, state, result)
         except Exception:

@@ -41,14 +41,18 @@ import socket
 import ssl
 import struct
 import threading
+import time
 from datetime import datetime
+from io import BytesIO
 
 from pydicom import Dataset
 from pynetdicom import evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import N_EVENT_REPORT
+from pynetdicom.dsutils import encode
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu import A_ABORT_RQ, A_RELEASE_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
@@ -112,6 +116,8 @@ class WakingDUL(DULServiceProvider):
         self._receiving: ReceivingInstance | None = None
         # Whether the store handler runs in this thread now.
         self._storing = False
+        # Set when the peer's A-RELEASE-RQ or A-ABORT arrives: see WakingAssociation.send_event_report.
+        self.peer_ending = threading.Event()
         super().__init__(assoc)
 
     # pynetdicom stops the thread by setting this flag from other threads
@@ -160,6 +166,16 @@ class WakingDUL(DULServiceProvider):
         self._echo_handler = echo_handler
         self._on_interrupted = on_interrupted
         self._description = description
+
+    def _decode_pdu(self, bytestream: bytearray):
+        pdu, event = super()._decode_pdu(bytestream)
+        if isinstance(pdu, (A_RELEASE_RQ, A_ABORT_RQ)):
+            self.peer_ending.set()
+            if not self.assoc._reactor_checkpoint.is_set():
+                # Another thread paused the reactor and may wait for a DIMSE
+                # response that will not come: an empty message ends that wait.
+                self.assoc.dimse.msg_queue.put((None, None))
+        return pdu, event
 
     def idle_timer_expired(self) -> bool:
         """Return whether the network timeout has passed without activity. A store handler at work is activity.
@@ -543,6 +559,57 @@ class WakingAssociation(Association):
     def wake(self) -> None:
         """Let the reactor look at its queues now: a message, a release or an abort may have arrived."""
         self._activity.set()
+
+    def send_event_report(self, information: Dataset, event_type: int, class_uid: str,
+                          instance_uid: str, *, delay_seconds: float) -> Dataset | None:
+        """Send an N-EVENT-REPORT request from another thread; return its response's status, or None without one.
+
+        The request goes out after `delay_seconds`, unless the peer requests
+        release or aborts in that time. None means that the peer did so, or
+        that no response came within the DIMSE timeout, after which the
+        association is aborted, as pynetdicom does. pynetdicom's
+        send_n_event_report keeps the reactor paused for the whole DIMSE
+        timeout, so a release request that crossed the report got its
+        response only then, and that was an A-ABORT. Here the reactor
+        sends the A-RELEASE-RP at once.
+        """
+        if self.dul.peer_ending.wait(delay_seconds):
+            return None
+        context = self._get_valid_context(class_uid, "", None)
+        transfer_syntax = context.transfer_syntax[0]
+        request = N_EVENT_REPORT()
+        request.MessageID = 1
+        request.AffectedSOPClassUID = class_uid
+        request.AffectedSOPInstanceUID = instance_uid
+        request.EventTypeID = event_type
+        encoded = encode(information, transfer_syntax.is_implicit_VR, transfer_syntax.is_little_endian,
+                         transfer_syntax.is_deflated)
+        if encoded is None:
+            raise ValueError("the N-EVENT-REPORT's Event Information cannot be encoded")
+        request.EventInformation = BytesIO(encoded)
+
+        # Paused, as pynetdicom pauses it, so that the reactor does not take the response.
+        self._reactor_checkpoint.clear()
+        try:
+            while not self._is_paused and not self._kill:
+                time.sleep(0.0001)
+            if self.dul.peer_ending.is_set() or self._kill:
+                return None
+            self.dimse.send_msg(request, context.context_id)
+            try:
+                _, response = self.dimse.msg_queue.get(timeout=self.dimse_timeout)
+            except queue.Empty:
+                response = None
+        finally:
+            self._reactor_checkpoint.set()
+
+        if response is None:
+            if not self.dul.peer_ending.is_set() and self.is_established:
+                log.error("%s: no response to the N-EVENT-REPORT request within the DIMSE timeout; aborting",
+                          self.dul._label())
+                self.abort()
+            return None
+        return self._check_received_status(response)
 
     def _run_reactor(self) -> None:
         """Serve DIMSE messages until the association is released, aborted, lost or idle too long.

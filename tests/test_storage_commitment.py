@@ -98,11 +98,16 @@ def test_commitment_new_association(device, session):
         association = ae.associate("127.0.0.1", device.port, ae_title="PACS")
         assert association.is_established
         status, _ = association.send_n_action(request, 1, StorageCommitmentPushModel, COMMITMENT_INSTANCE)
+        # dicomd may send the report on this association as the release
+        # request crosses it. It then responds to the release with an
+        # A-RELEASE-RP and sends the report on a new association.
         association.release()
+        released = association.is_released
         event_type, information = reports.get(timeout=REPORT_TIMEOUT_SECONDS)
     finally:
         server.shutdown()
 
+    assert released
     assert status.Status == 0x0000
     assert event_type == 1
     assert information.TransactionUID == request.TransactionUID
