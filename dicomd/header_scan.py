@@ -21,6 +21,7 @@ malformed input.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection
 from struct import Struct
 
@@ -97,6 +98,8 @@ def _file_meta(data: bytes) -> tuple[str, int]:
     return transfer_syntax_uid, offset
 
 
+# Bounded, because the UIDs come from the received files.
+@functools.lru_cache(maxsize=64)
 def _is_explicit_little_endian(transfer_syntax_uid: str) -> bool:
     uid = UID(transfer_syntax_uid)
     return uid.is_transfer_syntax and uid.is_little_endian and not uid.is_implicit_VR and not uid.is_deflated

@@ -42,7 +42,7 @@ WORKER_INCOMING_PREFIX = "worker-"
 # PS3.5 UID encoding rules: at most 64 characters; components of digits separated
 # by dots; no empty component; no leading zero unless the component is "0".
 MAX_UID_LENGTH = 64
-_UID_COMPONENT = re.compile(r"0|[1-9][0-9]*")
+_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 
 HEADER_TAGS = [
     Tag("SOPClassUID"),
@@ -155,7 +155,7 @@ def is_valid_uid(value: str) -> bool:
     """Return whether `value` follows the UID encoding rules of PS3.5."""
     if not value or len(value) > MAX_UID_LENGTH:
         return False
-    return all(_UID_COMPONENT.fullmatch(component) for component in value.split("."))
+    return _UID.fullmatch(value) is not None
 
 
 def relative_instance_path(header: InstanceHeader) -> str:
@@ -213,8 +213,8 @@ def read_header(path: Path, contents: bytes | None = None) -> InstanceHeader:
     return InstanceHeader(**values)
 
 
-def _header_elements(path: Path, contents: bytes | None) -> tuple[Dataset, str | None]:
-    """Return a data set with the header elements of the file at `path` (or its `contents`), and its transfer syntax UID.
+def _header_elements(path: Path, contents: bytes | None) -> tuple[Dataset | _ScannedElements, str | None]:
+    """Return the header elements of the file at `path` (or its `contents`), and its transfer syntax UID.
 
     The elements are found by header_scan where it reads the file's
     encoding, and by pydicom otherwise.
@@ -231,7 +231,30 @@ def _header_elements(path: Path, contents: bytes | None) -> tuple[Dataset, str |
                 source.seek(0)
                 return _read_with_pydicom(source)
     transfer_syntax_uid, elements = found
-    return Dataset(elements), transfer_syntax_uid
+    return _ScannedElements(elements), transfer_syntax_uid
+
+
+class _ScannedElements:
+    """The elements that header_scan found, as _value reads them from a Dataset.
+
+    _value decodes most values itself, so the Dataset that converts the
+    others is built only for them. Building it for every instance took
+    about a tenth of read_header's time.
+    """
+
+    def __init__(self, elements: dict[BaseTag, RawDataElement]):
+        self._elements = elements
+        self._dataset: Dataset | None = None
+
+    def get_item(self, tag: BaseTag) -> RawDataElement | None:
+        return self._elements.get(tag)
+
+    def get(self, tag: BaseTag):
+        if tag not in self._elements:
+            return None
+        if self._dataset is None:
+            self._dataset = Dataset(self._elements)
+        return self._dataset.get(tag)
 
 
 def _scanned(data: bytes, *, whole_file: bool) -> tuple[str, dict[BaseTag, RawDataElement]] | None:
@@ -508,6 +531,8 @@ def _value(dataset, keyword: str, plain: bool):
     """
     tag = _tag_of(keyword)
     raw = dataset.get_item(tag)
+    if raw is None:
+        return None
     vr = _vr_of(keyword)
     if plain and isinstance(raw, RawDataElement) and _is_plain_text(raw, vr):
         text = raw.value.decode("ascii").rstrip(" \0")
