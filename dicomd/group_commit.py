@@ -140,15 +140,16 @@ class GroupCommit:
             with connection.begin():
                 yield connection
         except BaseException:
-            # An error such as a failed disk write may leave the connection unusable; the next transaction gets a new one.
+            # An error such as a failed disk write may leave the connection
+            # unusable, so the next transaction gets a new one.
             self._close_connection()
             raise
 
     def _connection_committing_unflushed(self) -> Connection:
         if self._unflushed_connection is None:
             connection = self.engine.connect()
-            # Detached, the connection is closed, not returned to the pool, when
-            # it is closed or collected: other writers must not get synchronous=NORMAL.
+            # Detached, it is closed instead of returned to the pool when it is
+            # closed or collected, because no other writer may get synchronous=NORMAL.
             connection.detach()
             try:
                 connection.connection.cursor().execute("PRAGMA synchronous=NORMAL")

@@ -817,8 +817,8 @@ class ListenerHandlers:
                     log.info("%s: storage commitment report %s sent, status 0x%04X",
                              state, transaction, status.Status)
                     return
-                log.warning("%s: the storage commitment report %s got no response on the association, which the "
-                            "device released or aborted, or which timed out; sending it on a new association",
+                log.warning("%s: the storage commitment report %s got no response (the device released or "
+                            "aborted the association, or the DIMSE timeout passed); sending it on a new association",
                             state, transaction)
             self._send_report_on_new_association(assoc.ae, state, result)
         except Exception:

@@ -173,7 +173,7 @@ class WakingDUL(DULServiceProvider):
             self.peer_ending.set()
             if not self.assoc._reactor_checkpoint.is_set():
                 # Another thread paused the reactor and may wait for a DIMSE
-                # response that will not come: an empty message ends that wait.
+                # response that will not come, so an empty message ends that wait.
                 self.assoc.dimse.msg_queue.put((None, None))
         return pdu, event
 
@@ -585,7 +585,7 @@ class WakingAssociation(Association):
         encoded = encode(information, transfer_syntax.is_implicit_VR, transfer_syntax.is_little_endian,
                          transfer_syntax.is_deflated)
         if encoded is None:
-            raise ValueError("the N-EVENT-REPORT's Event Information cannot be encoded")
+            raise ValueError("encoding the N-EVENT-REPORT's Event Information failed")
         request.EventInformation = BytesIO(encoded)
 
         # Paused, as pynetdicom pauses it, so that the reactor does not take the response.
@@ -593,7 +593,8 @@ class WakingAssociation(Association):
         try:
             while not self._is_paused and not self._kill:
                 time.sleep(0.0001)
-            if self.dul.peer_ending.is_set() or self._kill:
+            # A connection that closed without an A-ABORT leaves peer_ending unset.
+            if self.dul.peer_ending.is_set() or self._kill or not self.is_established:
                 return None
             self.dimse.send_msg(request, context.context_id)
             try:

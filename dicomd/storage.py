@@ -447,7 +447,7 @@ def _place(temp_path: str | Path, final_path: str) -> bool:
     return False
 
 
-def _link_unnamed(path: Path, final_path: str) -> bool:
+def _link_unnamed(path: str | Path, final_path: str) -> bool:
     """Give the unnamed file open at `path` (/proc/self/fd/N) its final name and fsync its directory.
 
     Returns True when the name existed. The directory is fsynced in that
