@@ -484,8 +484,9 @@ def print_table(results: dict[str, dict[str, Measurement]]) -> None:
             met = values["dicomd"] / values["storescp"] >= minimum
         verdict = "met" if met else "NOT met"
         print(f"| {workload.name} | {' | '.join(cells)} | {' | '.join(ratios)} | {workload.target}: {verdict} |")
+    sampling = "one run" if RUNS == 1 else f"the median of {RUNS} runs"
     print(
-        f"\nRates are instances (C-ECHO: associations) per second, the median of {RUNS} runs; "
+        f"\nRates are instances (C-ECHO: associations) per second, {sampling}; "
         "the 256 MiB row is one run and shows peak resident memory (VmHWM) of the receiving process. "
         "storescp runs with --fork for the parallel senders. – marks a receiver that was not measured."
     )

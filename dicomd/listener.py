@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import signal
 import socket
 import ssl
@@ -265,7 +266,7 @@ def run_worker(spec: WorkerSpec) -> None:
     # those objects are left out of every collection.
     gc.collect()
     gc.freeze()
-    log.info("worker %d ready", spec.number)
+    log.info("worker %d ready (process %d)", spec.number, os.getpid())
     spec.ready.set()
 
     # Polling instead of a blocking wait, so that the signal handler never

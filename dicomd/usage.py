@@ -25,7 +25,7 @@ from dicomd.policy import IdentityPolicy, RejectReason, Rejection, Transport
 from dicomd.retrieve import RemoteAE
 from dicomd.storage import StoredInstance
 from dicomd.tls import TlsSession
-from portal.identities.service import find_by_ae_title, stored_ae_title
+from portal.identity_lookup import find_by_ae_title, stored_ae_title
 from portal.database import upsert
 from portal.usage_days import add_usage_statement, request_increments
 from portal.models import Association, DicomIdentity, Instance, Study, utcnow

@@ -3,27 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from flask import Flask
-from werkzeug.middleware.proxy_fix import ProxyFix
-from werkzeug.routing import IntegerConverter
-
-from portal.database import MAX_ROW_ID, MIGRATIONS_DIR, configure_engine, engine_options, ensure_sqlite_directory
-from portal.extensions import csrf, db, limiter, login_manager, migrate
 from portal.settings import Settings
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class RowIdConverter(IntegerConverter):
-    """A row id in a URL. Larger numbers do not match, so they get 404 rather than a database error."""
-
-    def __init__(self, url_map, **kwargs):
-        super().__init__(url_map, min=1, max=MAX_ROW_ID)
-
-
 def create_app(settings: Settings | None = None, **overrides) -> Flask:
     """Create the portal app from `settings` (default: the environment)."""
+    # Flask and its extensions are imported here, not with the package:
+    # dicomd's workers import the portal's models and settings, and would
+    # otherwise load the whole web stack into every worker.
+    from flask import Flask
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    from portal.converters import RowIdConverter
+    from portal.database import MIGRATIONS_DIR, configure_engine, engine_options, ensure_sqlite_directory
+    from portal.extensions import csrf, db, limiter, login_manager, migrate
+
     settings = settings or Settings.from_env()
 
     app = Flask(

@@ -9,7 +9,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import limits.storage
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -223,6 +222,9 @@ def _database_url(env: Mapping[str, str], data_dir: Path) -> str:
 
 
 def _ratelimit_storage_uri(env: Mapping[str, str]) -> str:
+    # Imported here because dicomd reads these settings too and has no use for the rate limiter.
+    import limits.storage
+
     raw = env.get("PORTAL_RATELIMIT_STORAGE_URI") or "memory://"
     scheme = raw.split("://", 1)[0] if "://" in raw else ""
     if scheme not in limits.storage.SCHEMES:

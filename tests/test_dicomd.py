@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -313,3 +315,14 @@ def test_host_not_on_this_machine_exits(app, environ, tmp_path):
     assert exit_code == 1
     assert "cannot listen on 192.0.2.1" in log_path.read_text()
     assert "set DICOM_HOST" in log_path.read_text()
+
+
+def test_worker_leaves_out_the_web_stack():
+    """A worker imports the portal's models and settings, but not Flask, Alembic or the forms, which would cost each worker about 20 MiB."""
+    probe = (
+        "import sys, dicomd.cli, dicomd.listener, dicomd.supervisor; "
+        "print(' '.join(sorted({name.split('.')[0] for name in sys.modules} & "
+        "{'flask', 'werkzeug', 'jinja2', 'wtforms', 'alembic', 'flask_limiter', 'limits'})))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""

@@ -10,7 +10,6 @@ from portal.extensions import db
 from portal.identities.service import (
     IdentityValidationError,
     create_identity,
-    find_by_ae_title,
     parse_operations,
     update_identity,
 )
@@ -22,6 +21,7 @@ from portal.identities.transfer import (
     export_csv,
     plan_import,
 )
+from portal.identity_lookup import find_by_ae_title
 from portal.models import DicomIdentity
 from portal.networks import split_entries
 

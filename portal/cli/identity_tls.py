@@ -9,7 +9,8 @@ from flask.cli import with_appcontext
 from portal import audit
 from portal.cli.identities import identity
 from portal.extensions import db
-from portal.identities.service import IdentityValidationError, find_by_ae_title
+from portal.identities.service import IdentityValidationError
+from portal.identity_lookup import find_by_ae_title
 from portal.identities.tls import (
     bind_certificate,
     can_issue,

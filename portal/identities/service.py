@@ -59,16 +59,6 @@ def parse_operations(value: str) -> list[str]:
     return [name for name in OPERATION_NAMES if name in names]
 
 
-def find_by_ae_title(session: Session, ae_title: str) -> DicomIdentity | None:
-    """Return the identity whose AE title matches exactly, padding spaces aside."""
-    return session.scalar(select(DicomIdentity).where(DicomIdentity.ae_title == stored_ae_title(ae_title)))
-
-
-def stored_ae_title(ae_title: str) -> str:
-    """Return `ae_title` as identities store it: without padding spaces, case kept."""
-    return ae_title.strip(" ")
-
-
 def create_identity(session: Session, *, name: str, ae_title: str, **settings) -> DicomIdentity:
     """Validate and add a new identity. The caller commits."""
     values = _validate(session, {"name": name, "ae_title": ae_title, **settings}, existing=None)

@@ -20,10 +20,10 @@ from portal import audit
 from portal.identities.service import (
     IdentityValidationError,
     create_identity,
-    find_by_ae_title,
     parse_operations,
     update_identity,
 )
+from portal.identity_lookup import find_by_ae_title
 from portal.models import DicomIdentity
 from portal.networks import split_entries, validate_networks
 
