@@ -37,6 +37,7 @@ from pynetdicom.sop_class import (
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomd import configure_logging
+from dicomd.balance import ACCEPT_DEFERRAL_SECONDS, AcceptBalance, WorkerLoad
 from dicomd.handlers import ListenerHandlers
 from dicomd.policy import Transport
 from dicomd.limits import AssociationLimits
@@ -117,6 +118,8 @@ class WorkerSpec:
     ready: ProcessEvent
     # The association table shared by all workers; None disables the limits.
     limits: AssociationLimits | None = None
+    # The open associations of every worker; None accepts without looking at the others.
+    balance: AcceptBalance | None = None
 
 
 class InheritedSocketServer(ThreadedAssociationServer):
@@ -126,6 +129,8 @@ class InheritedSocketServer(ThreadedAssociationServer):
         self._listening_socket = listening_socket
         # Called with the accepted socket when pynetdicom shuts it down itself; see shutdown_request().
         self.on_request_timeout = None
+        # This worker's open associations among all workers'; None accepts without looking.
+        self.load: WorkerLoad | None = None
         super().__init__(*args, **kwargs)
 
     def server_bind(self) -> None:
@@ -142,6 +147,10 @@ class InheritedSocketServer(ThreadedAssociationServer):
         """Do nothing: the supervisor already called listen()."""
 
     def get_request(self) -> tuple[socket.socket, tuple]:
+        if self.load is not None and self.load.should_defer():
+            # A less busy worker takes the connection meanwhile, and then
+            # accept() raises BlockingIOError, which socketserver ignores.
+            time.sleep(ACCEPT_DEFERRAL_SECONDS)
         connection, address = self.socket.accept()
         # A C-STORE response is one small segment; without TCP_NODELAY it can
         # wait for the peer's delayed ACK (about 40 ms on Linux).
@@ -256,8 +265,9 @@ def run_worker(spec: WorkerSpec) -> None:
     recorder = UsageRecorder(engine)
     ae = build_ae(settings)
     tls = ServerTls(settings) if any(listener.transport is Transport.TLS for listener in spec.listeners) else None
+    load = spec.balance.worker_load(spec.number) if spec.balance is not None else None
     servers = [
-        start_server(ae, listener, recorder, settings, tls, limits=spec.limits, worker_number=spec.number)
+        start_server(ae, listener, recorder, settings, tls, limits=spec.limits, worker_number=spec.number, load=load)
         for listener in spec.listeners
     ]
     # Each association creates thousands of short-lived objects, and the
@@ -324,8 +334,13 @@ def register_retired_storage_classes() -> None:
 
 
 def start_server(ae: AE, listener: ListenerSocket, recorder: UsageRecorder, settings: Settings,
-                 tls: ServerTls | None = None, *, limits: AssociationLimits | None = None, worker_number: int = 1):
-    """Start a pynetdicom server thread accepting on `listener`; a TLS listener needs `tls`."""
+                 tls: ServerTls | None = None, *, limits: AssociationLimits | None = None, worker_number: int = 1,
+                 load: WorkerLoad | None = None):
+    """Start a pynetdicom server thread accepting on `listener`; a TLS listener needs `tls`.
+
+    With `load`, the server counts its associations there and leaves new
+    connections to less busy workers first.
+    """
     local_port = listener.socket.getsockname()[1]
     handlers = ListenerHandlers(
         recorder=recorder,
@@ -349,6 +364,7 @@ def start_server(ae: AE, listener: ListenerSocket, recorder: UsageRecorder, sett
         **server_options,
     )
     server.on_request_timeout = handlers.handle_request_timeout
+    server.load = load
     # AssociationServer.shutdown() removes the server from this list, as
     # AE.start_server() would have added it.
     ae._servers.append(server)

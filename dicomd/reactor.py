@@ -118,6 +118,8 @@ class WakingDUL(DULServiceProvider):
         self._storing = False
         # Set when the peer's A-RELEASE-RQ or A-ABORT arrives: see WakingAssociation.send_event_report.
         self.peer_ending = threading.Event()
+        # Whether an accepted connection has not yet sent its A-ASSOCIATE-RQ: see _end_request_wait.
+        self._awaiting_request = assoc.is_acceptor
         super().__init__(assoc)
 
     # pynetdicom stops the thread by setting this flag from other threads
@@ -216,8 +218,28 @@ class WakingDUL(DULServiceProvider):
                 self._wait_for_work()
                 continue
             self.state_machine.do_action(event)
+            self._end_request_wait()
             self._notify_sent()
             self.assoc.wake()
+
+    def _end_request_wait(self) -> None:
+        """Stop the association thread's wait for an A-ASSOCIATE-RQ once the connection has ended without one.
+
+        pynetdicom's association thread waits for the request for the whole
+        ACSE timeout, even after the connection closed, so a port check kept
+        both threads and the worker's count of open associations for that long.
+        An empty item ends the wait as pynetdicom's own timeout does, and the
+        closed connection is not shut down a second time.
+        """
+        if not self._awaiting_request:
+            return
+        state = self.state_machine.current_state
+        if state == "Sta3":
+            # Sta3: the A-ASSOCIATE-RQ arrived and went to the association thread.
+            self._awaiting_request = False
+        elif state == "Sta1":
+            self._awaiting_request = False
+            self.to_user_queue.put(None)
 
     def _queue_next_event(self) -> None:
         """Queue the event of one primitive to send or of one PDU read, as pynetdicom's rounds do.
@@ -539,11 +561,20 @@ class WakingAssociation(Association):
     def __init__(self, ae, mode: str):
         self._activity = threading.Event()
         self._stopping = False
+        # Called without arguments when the association's thread ends, for any reason.
+        self.on_ended = None
         super().__init__(ae, mode)
         self.dul = WakingDUL(self)
         # Association.__init__ gave these timeouts to the DUL it replaced.
         self.acse_timeout = self.acse_timeout
         self.network_timeout = self.network_timeout
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            if self.on_ended is not None:
+                self.on_ended()
 
     # Set by kill() and by the DUL after a failure; the reactor must notice it at once.
     @property
@@ -674,6 +705,10 @@ class WakingRequestHandler(RequestHandler):
     def _create_association(self) -> WakingAssociation:
         assoc = WakingAssociation(self.ae, MODE_ACCEPTOR)
         assoc._server = self.server
+        load = getattr(self.server, "load", None)
+        if load is not None:
+            load.opened()
+            assoc.on_ended = load.closed
         assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
         assoc.set_socket(AssociationSocket(assoc, client_socket=self.request))
 

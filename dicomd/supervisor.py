@@ -20,6 +20,7 @@ from multiprocessing.synchronize import Event as ProcessEvent
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from dicomd.balance import AcceptBalance
 from dicomd.heartbeat import HEARTBEAT_INTERVAL_SECONDS, HeartbeatWriter
 from dicomd.limits import AssociationLimits
 from dicomd.listener import ListenerSocket, WorkerSpec, run_worker
@@ -140,6 +141,7 @@ class Supervisor:
             maximum_per_identity=settings.dicomd_max_associations_per_identity,
             workers=settings.dicomd_workers,
         )
+        self.balance = AcceptBalance.create(_spawn, settings.dicomd_workers)
         self._engine = make_engine(settings.database_url)
         self.heartbeat = HeartbeatWriter(
             self._engine,
@@ -201,6 +203,7 @@ class Supervisor:
             pynetdicom_log_level=self.pynetdicom_log_level,
             ready=ready,
             limits=self.limits,
+            balance=self.balance,
         )
         process = _spawn.Process(target=run_worker, args=(spec,), name=f"dicomd-worker-{number}")
         process.start()
@@ -241,7 +244,8 @@ class Supervisor:
         return 0
 
     def _close_lost_associations(self, worker: Worker) -> None:
-        """Free the dead worker's association slots and record its open associations as aborted."""
+        """Free the dead worker's association slots and its count of them, and record its open associations as aborted."""
+        self.balance.clear(worker.number)
         association_ids = self.limits.clear_worker(worker.number)
         if not association_ids:
             return
