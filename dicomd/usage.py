@@ -330,8 +330,9 @@ class UsageRecorder:
             study = statements.touch_study.execute(connection, touch).fetchone()
 
         study_id, study_modalities = study
-        # NOTE: the modality list is read and written back, so two workers adding
-        # different modalities to one study at the same moment may lose one.
+        # The modality list is read and written back. touch_study's UPDATE locks
+        # the study row (PostgreSQL) or the database (SQLite) until this
+        # transaction ends, so no other writer changes the list in between.
         modalities = study_modalities.split("\\") if study_modalities else []
         if header.modality and header.modality not in modalities:
             studies = Study.__table__
