@@ -10,7 +10,6 @@ from portal import audit
 from portal.cli.identities import identity
 from portal.extensions import db
 from portal.identities.service import IdentityValidationError
-from portal.identity_lookup import find_by_ae_title
 from portal.identities.tls import (
     bind_certificate,
     can_issue,
@@ -19,6 +18,7 @@ from portal.identities.tls import (
     remove_certificate,
     take_download,
 )
+from portal.identity_lookup import find_by_ae_title
 from portal.models import DicomIdentity
 
 
