@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, Table, create_engine, event
@@ -47,9 +48,21 @@ def make_engine(url: str) -> Engine:
 
 
 def ensure_sqlite_directory(url: str) -> None:
+    """Create the directory of a SQLite database file, and the file itself, readable only by its owner.
+
+    SQLite would create the file with the process's umask, often 0644, and
+    the database holds password and API token hashes. SQLite gives its -wal
+    and -shm files the database file's mode. An existing file keeps its mode.
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        path = Path(parsed.database)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # SQLite opens an empty file as an empty database.
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass
 
 
 def _sqlite_on_connect(dbapi_connection, connection_record) -> None:

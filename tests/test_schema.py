@@ -7,7 +7,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from portal.database import check_schema_current, current_revision, head_revision
+from portal.database import check_schema_current, current_revision, ensure_sqlite_directory, head_revision, make_engine
 from portal.models import Base
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,3 +40,27 @@ def test_portal_refuses_old_schema(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "run `portal db upgrade` to upgrade it" in result.stderr
+
+
+def test_new_sqlite_database_private(tmp_path):
+    database = tmp_path / "data" / "portal.db"
+    engine = make_engine(f"sqlite:///{database}")
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql("CREATE TABLE probe (id INTEGER PRIMARY KEY)")
+            connection.exec_driver_sql("INSERT INTO probe DEFAULT VALUES")
+            assert Path(f"{database}-wal").stat().st_mode & 0o777 == 0o600
+    finally:
+        engine.dispose()
+
+    assert database.stat().st_mode & 0o777 == 0o600
+
+
+def test_existing_sqlite_database_keeps_mode(tmp_path):
+    database = tmp_path / "portal.db"
+    database.touch(mode=0o640)
+    database.chmod(0o640)
+
+    ensure_sqlite_directory(f"sqlite:///{database}")
+
+    assert database.stat().st_mode & 0o777 == 0o640
