@@ -51,7 +51,7 @@ def ensure_sqlite_directory(url: str) -> None:
     """Create the directory of a SQLite database file, and the file itself, readable only by its owner.
 
     SQLite would create the file with the process's umask, often 0644, and
-    the database holds password and API token hashes. SQLite gives its -wal
+    the database contains password and API token hashes. SQLite gives its -wal
     and -shm files the database file's mode. An existing file keeps its mode.
     """
     parsed = make_url(url)
