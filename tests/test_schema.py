@@ -58,7 +58,7 @@ def test_new_sqlite_database_private(tmp_path):
 
 def test_existing_sqlite_database_keeps_mode(tmp_path):
     database = tmp_path / "portal.db"
-    database.touch(mode=0o640)
+    database.touch()
     database.chmod(0o640)
 
     ensure_sqlite_directory(f"sqlite:///{database}")

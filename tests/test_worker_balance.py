@@ -47,6 +47,11 @@ def worker_threads(dicomd) -> dict[int, int]:
     return {number: len(os.listdir(f"/proc/{pid}/task")) for number, pid in pids.items()}
 
 
+def fewer_or_as_many(counts: dict[int, int], limits: dict[int, int]) -> bool:
+    """Return whether each worker's count is at most its limit."""
+    return all(counts[number] <= limits[number] for number in limits)
+
+
 def test_associations_alternate_between_workers(dicomd, session):
     add_identity(session, "SENDER")
     ae = sender("SENDER")
@@ -79,10 +84,6 @@ def test_closed_port_check_ends_its_threads(dicomd):
         time.sleep(0.1)
     after = worker_threads(dicomd)
     assert fewer_or_as_many(after, before), (after, before)
-
-
-def fewer_or_as_many(counts: dict[int, int], limits: dict[int, int]) -> bool:
-    return all(counts[number] <= limits[number] for number in limits)
 
 
 def test_busier_worker_defers():
